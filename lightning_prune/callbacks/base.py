@@ -1,0 +1,65 @@
+"""How satellite callbacks take part in a pruning run.
+
+Satellites stay flat in ``trainer.callbacks`` and find the controller by type in ``setup``. The
+controller calls their pruning events on every rank, in the order the callbacks were given, at fixed
+points of a step; decisions are broadcast from rank zero so that every rank acts identically.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import lightning.pytorch as pl
+
+from lightning_prune.errors import PruningConfigError
+
+if TYPE_CHECKING:
+    from lightning_prune.callbacks.structured import StructuredPruning
+    from lightning_prune.state import StepRecord
+
+
+class PruningSatellite:
+    """Mixin for callbacks that influence a :class:`StructuredPruning` run.
+
+    Override any of the events; each default does nothing.
+
+    Example:
+        >>> from lightning.pytorch.callbacks import Callback
+        >>> class AlwaysSkip(PruningSatellite, Callback):
+        ...     def finetune_decision(self, trainer, pl_module, controller, record):
+        ...         return False
+    """
+
+    def on_structure_changed(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning
+    ) -> None:
+        """After surgery, once optimizers and schedulers are rebuilt (and DDP re-wrapped)."""
+
+    def finetune_decision(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning, record: StepRecord
+    ) -> bool | None:
+        """After a step was pruned and measured: ``True`` fine-tune, ``False`` skip, ``None`` no opinion.
+
+        Any ``True`` wins over ``False``; with no opinion the controller fine-tunes for
+        ``finetune_epochs`` epochs (none when that is 0).
+        """
+        return None
+
+    def continue_finetuning(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning, record: StepRecord
+    ) -> bool | None:
+        """At the start of each further fine-tuning epoch of a step: ``False`` ends it early."""
+        return None
+
+
+def find_controller(trainer: pl.Trainer, owner: object) -> StructuredPruning:
+    """The one :class:`StructuredPruning` in ``trainer.callbacks`` (for satellites' ``setup``)."""
+    from lightning_prune.callbacks.structured import StructuredPruning
+
+    found = [cb for cb in trainer.callbacks if isinstance(cb, StructuredPruning)]
+    if len(found) != 1:
+        raise PruningConfigError(
+            f"{type(owner).__name__} needs exactly one StructuredPruning callback, found {len(found)}",
+            hint="add `StructuredPruning(...)` to the Trainer's callbacks (once)",
+        )
+    return found[0]

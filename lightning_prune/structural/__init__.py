@@ -1,0 +1,1 @@
+"""Dependency-aware surgery (torch-pruning) and structural history replay."""
