@@ -266,7 +266,7 @@ class StructuredPruning(Callback):
                 self._finetune_started = time.perf_counter()
                 return
             self._finetune_left = 0
-            self._close_pending(trainer)
+            self._close_pending(trainer, trainer.current_epoch - 1)
             while self._has_next_step():
                 record = self._prune_step(trainer, pl_module)
                 if self._decide_finetune(trainer, pl_module, record):
@@ -282,7 +282,7 @@ class StructuredPruning(Callback):
             if self._epochs_in_phase < self.final_finetune_epochs:
                 self._epochs_in_phase += 1
                 return
-            self._finish(trainer, pl_module)
+            self._finish(trainer, pl_module, trainer.current_epoch - 1)
         trainer.should_stop = True
 
     @override
@@ -290,6 +290,14 @@ class StructuredPruning(Callback):
         if self._finetune_started is not None and self._pending is not None:
             self.report.steps[self._pending].seconds_finetune += time.perf_counter() - self._finetune_started
         self._finetune_started = None
+        # End as soon as the plan is complete, rather than after one more (empty) epoch.
+        last_step_tuned = self._phase == "pruning" and self._finetune_left == 0 and not self._has_next_step()
+        if last_step_tuned and self.final_finetune_epochs == 0:
+            self._close_pending(trainer, trainer.current_epoch)
+            self._enter("final")
+        if self._phase == "final" and self._epochs_in_phase >= self.final_finetune_epochs:
+            self._finish(trainer, pl_module, trainer.current_epoch)
+            trainer.should_stop = True
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -304,7 +312,7 @@ class StructuredPruning(Callback):
         if not self._planner_ready:
             return
         if self._phase != "done":  # stopped early by the user or another callback
-            self._close_pending(trainer, measure_if_stale=False)
+            self._close_pending(trainer, trainer.current_epoch, measure_if_stale=False)
             self._summarise(pl_module, metric=self._last_val[1] if self._last_val else None)
         self._write_outputs(trainer, pl_module)
 
@@ -331,12 +339,17 @@ class StructuredPruning(Callback):
         decision = True if True in votes else False if False in votes else self.finetune_epochs > 0
         return bool(trainer.strategy.broadcast(decision and self.finetune_epochs > 0, src=0))
 
-    def _close_pending(self, trainer: pl.Trainer, measure_if_stale: bool = True) -> None:
+    def _validated_at(self, epoch: int) -> float | None:
+        """The monitored value of the regular validation of ``epoch``, if that epoch validated."""
+        return self._last_val[1] if self._last_val is not None and self._last_val[0] == epoch else None
+
+    def _close_pending(self, trainer: pl.Trainer, epoch: int, measure_if_stale: bool = True) -> None:
+        """Record the fine-tuned step's metric: from ``epoch``'s validation, else measured now."""
         if self._pending is None:
             return
         record = self.report.steps[self._pending]
-        if self._last_val is not None and self._last_val[0] == trainer.current_epoch - 1:
-            record.metric_after_finetune = self._last_val[1]
+        if self._validated_at(epoch) is not None:
+            record.metric_after_finetune = self._validated_at(epoch)
         elif measure_if_stale:
             record.metric_after_finetune = self._measure(trainer)
         self._pending = None
@@ -457,12 +470,11 @@ class StructuredPruning(Callback):
         )
 
     # ------------------------------------------------------------------ the end
-    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._last_val is not None and self._last_val[0] == trainer.current_epoch - 1:
-            metric = self._last_val[1]
-        elif self.report.steps and self.final_finetune_epochs == 0:
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        metric = self._validated_at(epoch)
+        if metric is None and self.report.steps and self.final_finetune_epochs == 0:
             metric = self.report.steps[-1].metric_after_finetune
-        else:
+        if metric is None:
             metric = self._measure(trainer)
         self._summarise(pl_module, metric)
         self._enter("done")
