@@ -194,6 +194,7 @@ class StructuredPruning(Callback):
             "report": self.report.to_dict(),
             "example_input": self._example,
             "seconds_elapsed": self._elapsed(),
+            "last_val": list(self._last_val) if self._last_val is not None else None,
         }
 
     @override
@@ -212,6 +213,8 @@ class StructuredPruning(Callback):
         if state_dict["example_input"] is not None:
             self._example = state_dict["example_input"]
         self._clock_start = time.perf_counter() - state_dict["seconds_elapsed"] if self._planner_ready else None
+        last = state_dict.get("last_val")
+        self._last_val = (int(last[0]), float(last[1])) if last is not None else None
 
     def set_planner(self, planner: PruningPlanner) -> None:
         """Let another callback decide the steps (call it from that callback's ``setup``)."""
