@@ -12,6 +12,7 @@ import torch
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from typing_extensions import override
 
 from lightning_prune import artifacts, evaluation
@@ -225,9 +226,13 @@ class StructuredPruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        _check(isinstance(trainer.strategy, SingleDeviceStrategy | DDPStrategy),
-               f"strategy {type(trainer.strategy).__name__} is not supported by structured pruning",
+        strategy = trainer.strategy
+        _check(isinstance(strategy, SingleDeviceStrategy | DDPStrategy),
+               f"strategy {type(strategy).__name__} is not supported by structured pruning",
                "use a single device or strategy='ddp'; strategies that shard parameters (FSDP, DeepSpeed) cannot be pruned yet")
+        _check(not isinstance(getattr(strategy, "launcher", None), _MultiProcessingLauncher),
+               "spawned DDP (ddp_spawn, ddp_notebook) cannot return a pruned model to the main process",
+               "use strategy='ddp', which runs your script once per process")
         controllers = [cb for cb in trainer.callbacks if isinstance(cb, StructuredPruning)]
         _check(len(controllers) == 1, f"found {len(controllers)} StructuredPruning callbacks",
                "use one StructuredPruning callback per Trainer")
