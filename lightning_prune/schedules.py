@@ -59,6 +59,11 @@ class PruningPlanner(abc.ABC):
     def num_steps(self) -> int | None:
         """Total number of steps, or ``None`` when another rule decides when to stop."""
 
+    def is_done(self, step: int) -> bool:
+        """Whether step ``step`` should not run; open-ended planners override this."""
+        total = self.num_steps()
+        return total is not None and step >= total
+
     @abc.abstractmethod
     def layers_for_step(self, step: int) -> list[str]:
         """Names of the layers step ``step`` may touch (only these are scored)."""

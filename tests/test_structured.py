@@ -13,6 +13,8 @@ from torch import nn
 
 from helpers import LitTiny, TinyConvNet, TinyResNet, make_data, make_trainer
 from lightning_prune import PruningSatellite, StructuredPruning
+from lightning_prune.callbacks.base import find_controller
+from lightning_prune.schedules import PruningPlanner
 from lightning_prune.importance import IMPORTANCES
 
 STEP_KEYS = {"step", "components", "params", "macs", "metric_after_prune", "metric_after_finetune", "finetuned",
@@ -250,3 +252,46 @@ def test_pruned_model_runs_faster_shapes(tmp_path) -> None:
     fit(module, StructuredPruning(pruning_ratio=0.75, output_dir=str(tmp_path)))
     assert conv1_channels(module) == [2, 2, 4]
     assert isinstance(module.model.layer1[0].bn1, nn.BatchNorm2d) and module.model.layer1[0].bn1.num_features == 2
+
+
+class ThresholdPlanner(PruningPlanner):
+    """An open-ended planner of the kind AAP supplies: remove every channel scoring <= a threshold."""
+
+    def __init__(self, thresholds: list[float]) -> None:
+        super().__init__()
+        self.thresholds = thresholds
+
+    def num_steps(self) -> None:
+        return None
+
+    def is_done(self, step: int) -> bool:
+        return step >= len(self.thresholds)
+
+    def layers_for_step(self, step: int) -> list[str]:
+        return list(self.original)
+
+    def plan(self, step, layers, scores):
+        return {n: [i for i, v in enumerate(scores[n].tolist()) if v <= self.thresholds[step]][: layers[n].channels - 1]
+                for n in layers}
+
+
+class UsesPlanner(Callback):
+    def __init__(self, planner: PruningPlanner) -> None:
+        self.planner = planner
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        find_controller(trainer, self).set_planner(self.planner)
+
+
+def test_another_callback_can_supply_the_plan() -> None:
+    module = LitTiny()
+    with torch.no_grad():
+        for block in (*module.model.layer1, *module.model.layer2):
+            # every conv1 has 8 inputs x 9 taps: the L1 score of filter i is exactly i
+            block.conv1.weight.copy_(torch.arange(block.conv1.out_channels, dtype=torch.float)[:, None, None, None]
+                                     .expand_as(block.conv1.weight) / 72)
+    pruning = StructuredPruning(importance="l1", finetune_epochs=0)
+    fit(module, pruning, UsesPlanner(ThresholdPlanner([0.5, 2.5])))
+    assert len(pruning.report.steps) == 2
+    assert [s.channels_removed for s in pruning.report.steps] == [3, 6]
+    assert conv1_channels(module) == [5, 5, 13]

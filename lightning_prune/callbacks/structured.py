@@ -326,10 +326,7 @@ class StructuredPruning(Callback):
 
     # ------------------------------------------------------------------ the plan
     def _has_next_step(self) -> bool:
-        if not self._planner_ready:
-            return True
-        total = self.planner.num_steps()
-        return total is None or self._next_step < total
+        return not self._planner_ready or not self.planner.is_done(self._next_step)
 
     def _enter(self, phase: str) -> None:
         self._phase, self._epochs_in_phase = phase, 0
