@@ -1,0 +1,353 @@
+"""Tests of lightning_prune.data: splits, subsets, normalisation, formats, resumable shuffling."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from lightning_prune.data import (
+    CIFAR10DataModule,
+    DigitsDataModule,
+    EpochSeededSampler,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    RandomCropFlip,
+    SplitDataModule,
+    TensorImageDataset,
+)
+from lightning_prune.errors import PruningConfigError
+
+DATA_DIR = os.environ.get("LIGHTNING_PRUNE_DATA")
+needs_data = pytest.mark.skipif(
+    not DATA_DIR, reason="LIGHTNING_PRUNE_DATA is not set (folder with cifar10/ and mnist/)"
+)
+
+
+def _sizes(dm: SplitDataModule) -> tuple[int, int, int]:
+    return len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)  # type: ignore[arg-type]
+
+
+def _all(loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+# -- digits ----------------------------------------------------------------------------------
+def test_digits_split_sizes_and_disjoint_indices() -> None:
+    dm = DigitsDataModule(val_fraction=0.1, test_fraction=0.2)
+    dm.setup("fit")
+    assert _sizes(dm) == (1294, 144, 359)
+    train, val = set(dm.train_indices.tolist()), set(dm.val_indices.tolist())
+    assert not train & val
+    assert train | val == set(range(1438))
+
+
+def test_digits_splits_are_seeded() -> None:
+    a, b, c = DigitsDataModule(seed=3), DigitsDataModule(seed=3), DigitsDataModule(seed=4)
+    for dm in (a, b, c):
+        dm.setup()
+    assert torch.equal(a.val_indices, b.val_indices)
+    assert not torch.equal(a.val_indices, c.val_indices)
+    # the test set does not depend on the seed
+    assert torch.equal(_all(a.test_dataloader())[1], _all(c.test_dataloader())[1])
+
+
+def test_digits_subset_fraction_sizes_and_seeding() -> None:
+    full = DigitsDataModule()
+    full.setup()
+    half = DigitsDataModule(subset_fraction=0.5)
+    half.setup()
+    assert len(half.train_dataset) == 647 and len(half.val_dataset) == 72
+    assert len(half.test_dataset) == len(full.test_dataset) == 359
+    assert set(half.train_indices.tolist()) <= set(full.train_indices.tolist())
+    assert set(half.val_indices.tolist()) <= set(full.val_indices.tolist())
+    again = DigitsDataModule(subset_fraction=0.5)
+    again.setup()
+    assert torch.equal(half.train_indices, again.train_indices)
+    other = DigitsDataModule(subset_fraction=0.5, seed=1)
+    other.setup()
+    assert not torch.equal(half.train_indices, other.train_indices)
+
+
+def test_digits_batches_and_normalisation() -> None:
+    dm = DigitsDataModule(batch_size=32)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    train_x, train_y = _all(dm.train_dataloader())
+    assert abs(train_x.mean().item()) < 1e-3 and train_x.std().item() == pytest.approx(1, abs=1e-2)
+    assert set(train_y.tolist()) == set(range(10))
+    assert dm.num_classes == 10 and dm.input_shape == (1, 8, 8)
+    assert torch.equal(dm.example_input(4), torch.zeros(4, 1, 8, 8))
+
+
+def test_digits_augment_keeps_shape_and_eval_is_unaugmented() -> None:
+    dm = DigitsDataModule(augment=True)
+    dm.setup()
+    torch.manual_seed(0)
+    samples = torch.stack([dm.train_dataset[0][0] for _ in range(8)])
+    assert samples.shape == (8, 1, 8, 8)
+    assert not all(torch.equal(samples[0], s) for s in samples[1:])
+    assert torch.equal(dm.val_dataset[0][0], dm.val_dataset[0][0])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"val_fraction": 0.0},
+        {"val_fraction": 1.0},
+        {"val_fraction": -0.1},
+        {"val_fraction": 1.5},
+        {"subset_fraction": 0.0},
+        {"subset_fraction": 1.2},
+        {"test_fraction": 0.0},
+        {"batch_size": 0},
+        {"eval_batch_size": -1},
+        {"num_workers": -1},
+    ],
+)
+def test_bad_arguments_raise(kwargs: dict[str, float]) -> None:
+    with pytest.raises(PruningConfigError, match="HINT"):
+        DigitsDataModule(**kwargs)
+
+
+# -- sampler ---------------------------------------------------------------------------------
+def test_sampler_order_depends_only_on_seed_and_epoch() -> None:
+    a, b = EpochSeededSampler(100, seed=7), EpochSeededSampler(100, seed=7)
+    a.set_epoch(2)
+    first = list(a)
+    assert first == list(a) and sorted(first) == list(range(100))
+    a.set_epoch(3)
+    assert list(a) != first
+    b.set_epoch(2)
+    assert list(b) == first
+    state = torch.get_rng_state()
+    list(b)
+    assert torch.equal(state, torch.get_rng_state())
+    assert list(EpochSeededSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
+
+
+def test_train_loader_order_is_reproducible_across_instances() -> None:
+    def first_batch(epoch: int) -> torch.Tensor:
+        dm = DigitsDataModule(batch_size=16, seed=5)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        assert isinstance(loader.sampler, EpochSeededSampler)
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))[1]
+
+    assert torch.equal(first_batch(1), first_batch(1))
+    assert not torch.equal(first_batch(1), first_batch(2))
+
+
+def test_lightning_calls_set_epoch() -> None:
+    from lightning_prune.module import ImageClassifier
+
+    seen: list[int] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(
+            self, trainer: L.Trainer, pl_module: L.LightningModule, batch: object, batch_idx: int
+        ) -> None:
+            if batch_idx == 0:
+                seen.append(trainer.train_dataloader.sampler.epoch)
+
+    dm = DigitsDataModule(subset_fraction=0.1, batch_size=64)
+    trainer = L.Trainer(
+        max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+        limit_val_batches=0,
+    )
+    trainer.fit(ImageClassifier("digits_resnet"), dm)
+    assert seen == [0, 1, 2]
+
+
+# -- tensor helpers ---------------------------------------------------------------------------
+def test_random_crop_flip_is_a_shifted_window() -> None:
+    image = torch.arange(2 * 6 * 6, dtype=torch.float32).view(2, 6, 6) + 1
+    torch.manual_seed(0)
+    for _ in range(20):
+        out = RandomCropFlip(padding=2, flip=True)(image)
+        assert out.shape == image.shape
+        nonzero = out[out != 0]
+        assert set(nonzero.tolist()) <= set(image.flatten().tolist())
+
+
+def test_tensor_image_dataset_normalises() -> None:
+    images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    labels = torch.tensor([0, 1])
+    ds = TensorImageDataset(images, labels, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0), scale=1 / 255)
+    x, y = ds[1]
+    assert torch.allclose(x[:, 0, 0], torch.tensor([2.0, 1.0, 0.5])) and int(y) == 1
+
+
+# -- data-dir resolution ------------------------------------------------------------------------
+def test_missing_data_dir_names_argument_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIGHTNING_PRUNE_DATA", raising=False)
+    for cls in (CIFAR10DataModule, MNISTDataModule, ImageFolderDataModule):
+        with pytest.raises(PruningConfigError, match="data_dir.*LIGHTNING_PRUNE_DATA"):
+            cls()
+    DigitsDataModule()  # needs no files
+
+
+def test_nonexistent_or_empty_data_dir_raises(tmp_path: Path) -> None:
+    with pytest.raises(PruningConfigError, match="not an existing directory"):
+        CIFAR10DataModule(data_dir=str(tmp_path / "missing"))
+    with pytest.raises(PruningConfigError, match="no CIFAR-10 data"):
+        CIFAR10DataModule(data_dir=str(tmp_path))
+    with pytest.raises(PruningConfigError, match="no MNIST data"):
+        MNISTDataModule(data_dir=str(tmp_path))
+    with pytest.raises(PruningConfigError, match="train/ and a val/"):
+        ImageFolderDataModule(data_dir=str(tmp_path))
+
+
+def test_env_variable_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_fake_cifar_pickles(tmp_path / "cifar-10-batches-py")
+    monkeypatch.setenv("LIGHTNING_PRUNE_DATA", str(tmp_path))
+    assert CIFAR10DataModule().data_dir == tmp_path
+
+
+def test_bad_normalization_raises(tmp_path: Path) -> None:
+    _write_fake_cifar_pickles(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(PruningConfigError, match="normalization"):
+        CIFAR10DataModule(data_dir=str(tmp_path), normalization="zscore")
+
+
+# -- CIFAR-10 ---------------------------------------------------------------------------------
+def _write_fake_cifar_pickles(folder: Path, per_batch: int = 4) -> np.ndarray:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    chw = rng.integers(0, 256, size=(6 * per_batch, 3, 32, 32), dtype=np.uint8)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        block = chw[i * per_batch : (i + 1) * per_batch]
+        entry = {"data": block.reshape(per_batch, -1), "labels": list(range(per_batch))}
+        with open(folder / name, "wb") as handle:
+            pickle.dump(entry, handle)
+    return chw
+
+
+def test_cifar_torchvision_pickle_format(tmp_path: Path) -> None:
+    chw = _write_fake_cifar_pickles(tmp_path / "cifar-10-batches-py")
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), val_fraction=0.25, augment=False)
+    dm.setup()
+    assert _sizes(dm) == (15, 5, 4)
+    x, _ = dm.test_dataset[0]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    expected = (torch.from_numpy(chw[20]).float() / 255 - mean) / std
+    assert torch.allclose(x, expected, atol=1e-6)
+
+
+@needs_data
+def test_cifar_real_splits_and_batches() -> None:
+    dm = CIFAR10DataModule(batch_size=128)
+    dm.setup("fit")
+    assert _sizes(dm) == (45000, 5000, 10000)
+    assert not set(dm.train_indices.tolist()) & set(dm.val_indices.tolist())
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (128, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert dm.input_shape == (3, 32, 32) and dm.num_classes == 10
+
+
+@needs_data
+def test_cifar_normalisation_statistics_and_subset() -> None:
+    dm = CIFAR10DataModule(normalization="cifar", subset_fraction=0.1, eval_batch_size=500)
+    dm.setup()
+    assert _sizes(dm) == (4500, 500, 10000)
+    x, _ = _all(dm.val_dataloader())
+    per_channel = x.transpose(0, 1).flatten(1)
+    assert torch.allclose(per_channel.mean(1), torch.zeros(3), atol=0.05)
+    assert torch.allclose(per_channel.std(1), torch.ones(3), atol=0.05)
+    imagenet = CIFAR10DataModule(data_dir=str(Path(DATA_DIR or "") / "cifar10"))  # folder itself
+    imagenet.setup()
+    raw = np.load(Path(DATA_DIR or "") / "cifar10" / "test.npz")["x"][0]
+    expected = (torch.from_numpy(raw).permute(2, 0, 1).float() / 255 - 0.456) / 0.224
+    assert torch.allclose(imagenet.test_dataset[0][0][1], expected[1], atol=1e-5)
+
+
+# -- MNIST ------------------------------------------------------------------------------------
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_idx_format(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train_x = rng.integers(0, 256, (20, 28, 28))
+    _write_idx(raw / "train-images-idx3-ubyte.gz", train_x)
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    _write_idx(raw / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 28, 28)))
+    _write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.arange(5))
+    dm = MNISTDataModule(data_dir=str(tmp_path), val_fraction=0.2, batch_size=4)
+    dm.setup()
+    assert _sizes(dm) == (16, 4, 5)
+    x, y = dm.train_dataset.dataset[3]
+    assert torch.allclose(x[0], (torch.tensor(train_x[3]).float() / 255 - 0.1307) / 0.3081)
+    assert int(y) == 3
+    assert next(iter(dm.train_dataloader()))[0].shape == (4, 1, 28, 28)
+
+
+@needs_data
+def test_mnist_real_splits_and_statistics() -> None:
+    dm = MNISTDataModule(batch_size=256, subset_fraction=0.5)
+    dm.setup()
+    assert _sizes(dm) == (27000, 3000, 10000)
+    x, y = _all(dm.val_dataloader())
+    assert x.shape[1:] == (1, 28, 28) and y.dtype == torch.int64
+    assert abs(x.mean().item()) < 0.05 and x.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+# -- ImageFolder ------------------------------------------------------------------------------
+def _write_image_folder(root: Path, classes: tuple[str, ...], n_train: int, n_val: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("val", n_val)):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.full((20, 24, 3), 40 * label, dtype=np.uint8)
+                pixels[0, 0] = rng.integers(0, 256, 3)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_image_folder_datamodule(tmp_path: Path) -> None:
+    _write_image_folder(tmp_path, ("cat", "dog", "emu"), n_train=6, n_val=2)
+    dm = ImageFolderDataModule(
+        data_dir=str(tmp_path), image_size=16, batch_size=4, val_fraction=0.25
+    )
+    assert dm.num_classes == 3 and dm.input_shape == (3, 16, 16)
+    dm.setup()
+    assert _sizes(dm) == (14, 4, 6)
+    assert not set(dm.train_indices.tolist()) & set(dm.val_indices.tolist())
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+    test_x, test_y = _all(dm.test_dataloader())
+    assert test_y.tolist() == [0, 0, 1, 1, 2, 2]
+    # class 2 images are uniformly 80/255: check eval normalisation of the centre pixel
+    expected = (80 / 255 - 0.485) / 0.229
+    assert test_x[-1, 0, 8, 8].item() == pytest.approx(expected, abs=1e-2)
+
+
+def test_image_folder_tiny_imagenet_val_layout(tmp_path: Path) -> None:
+    _write_image_folder(tmp_path, ("n01", "n02"), n_train=3, n_val=0)
+    images = tmp_path / "val" / "images"
+    images.mkdir()
+    for source, name in ((tmp_path / "train" / "n02" / "0.png", "val_0.png"),):
+        images.joinpath(name).write_bytes(source.read_bytes())
+    (tmp_path / "val" / "val_annotations.txt").write_text("val_0.png\tn02\t0\t0\t10\t10\n")
+    dm = ImageFolderDataModule(data_dir=str(tmp_path), image_size=8, val_fraction=0.5)
+    dm.setup()
+    assert len(dm.test_dataset) == 1 and dm.test_dataset[0][1] == 1
