@@ -34,7 +34,7 @@ def run(tmp_path, callbacks: list[Callback], ckpt_path: str | None = None, **kwa
     module = LitTiny()
     train, val = make_data()
     saver = ModelCheckpoint(dirpath=tmp_path, save_last=True)
-    trainer = make_trainer([controller(**kwargs), *callbacks, saver], enable_checkpointing=True)
+    trainer = make_trainer([controller(**kwargs), *callbacks, saver], enable_checkpointing=True, default_root_dir=tmp_path)
     trainer.fit(module, train, val, ckpt_path=ckpt_path)
     return module
 
