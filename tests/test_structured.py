@@ -74,8 +74,9 @@ def test_blockwise_prunes_one_block_per_step_and_reports(tmp_path) -> None:
     assert totals["steps_finetuned"] == 3 and totals["steps_skipped"] == 0
     assert [s["params"] for s in report["steps"]] == sorted((s["params"] for s in report["steps"]), reverse=True)
     assert (tmp_path / "pruned_model.pt").is_file()
-    # pretrain epoch + one fine-tuning epoch per step; no further epoch starts
+    # pretrain epoch + one fine-tuning epoch per step; no further epoch starts, and the bound shown matches
     assert trainer.current_epoch == 1 + 3
+    assert trainer.max_epochs == 1 + 3
     assert module.training_steps == (1 + 3) * 4
     assert pruning.report.to_dict() == report
 

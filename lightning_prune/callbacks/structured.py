@@ -213,7 +213,8 @@ class StructuredPruning(Callback):
         self.report = PruningReport.from_dict(state_dict["report"])
         if state_dict["example_input"] is not None:
             self._example = state_dict["example_input"]
-        self._clock_start = time.perf_counter() - state_dict["seconds_elapsed"] if self._planner_ready else None
+        started = self.report.metric_before is not None
+        self._clock_start = time.perf_counter() - state_dict["seconds_elapsed"] if started else None
         last = state_dict.get("last_val")
         self._last_val = (int(last[0]), float(last[1])) if last is not None else None
 
@@ -256,9 +257,22 @@ class StructuredPruning(Callback):
             self._original_on_load = None
 
     @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The plan decides how many epochs run (skipped fine-tuning shortens it); it stops the Trainer itself.
-        trainer.fit_loop.max_epochs = -1
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._planner_ready:
+            self._prepare(trainer, pl_module)
+        # The plan, not the Trainer's max_epochs, decides how many epochs run: skipped fine-tuning
+        # shortens it, and the controller stops the Trainer when it is done. This bound is what the
+        # progress bar shows; on_train_epoch_end raises it whenever the plan needs more.
+        trainer.fit_loop.max_epochs = self._epochs_bound(trainer)
+
+    def _epochs_bound(self, trainer: pl.Trainer) -> int:
+        total = self.planner.num_steps()
+        if total is None or self._phase == "done":
+            return -1
+        left = {"pretrain": self.pretrain_epochs - self._epochs_in_phase, "pruning": 0, "final": 0}[self._phase]
+        left += self._finetune_left + (total - self._next_step) * self.finetune_epochs
+        left += self.final_finetune_epochs - (self._epochs_in_phase if self._phase == "final" else 0)
+        return trainer.current_epoch + max(left, 1)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -306,6 +320,8 @@ class StructuredPruning(Callback):
         if self._phase == "final" and self._epochs_in_phase >= self.final_finetune_epochs:
             self._finish(trainer, pl_module, trainer.current_epoch)
             trainer.should_stop = True
+        elif 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
+            trainer.fit_loop.max_epochs = trainer.current_epoch + 2  # the plan is not finished yet
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -317,7 +333,7 @@ class StructuredPruning(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._planner_ready:
+        if self.report.metric_before is None:  # stopped before the first step
             return
         if self._phase != "done":  # stopped early by the user or another callback
             self._close_pending(trainer, trainer.current_epoch, measure_if_stale=False)
@@ -402,12 +418,11 @@ class StructuredPruning(Callback):
         return {name: self.importance.score(name, layers[name].module) for name in names}
 
     def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> StepRecord:
-        started = time.perf_counter()
         example = self._example_input(trainer, pl_module)
+        if self.report.metric_before is None:
+            self._start_pruning(trainer, pl_module, example)
+        started = time.perf_counter()
         graph, layers = self._layers(pl_module, example)
-        if not self._planner_ready:
-            self._start_pruning(trainer, pl_module, example, layers)
-            started = time.perf_counter()
         step = self._next_step
         total = self.planner.num_steps()
         names = [n for n in self.planner.layers_for_step(step) if n in layers]
@@ -434,20 +449,22 @@ class StructuredPruning(Callback):
         self._log_step(trainer, record, total)
         return record
 
-    def _start_pruning(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: torch.Tensor,
-                       layers: dict[str, structure.PrunableLayer]) -> None:
-        self._clock_start = time.perf_counter()
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Trace the model and fix the plan before any training: structural errors surface here."""
+        _, layers = self._layers(pl_module, self._example_input(trainer, pl_module))
         self.planner.setup(list(layers.values()))
         self._planner_ready = True
+        total = self.planner.num_steps()
+        info(f"[lightning_prune] plan: {len(layers)} prunable layers in "
+             f"{total if total is not None else 'an adaptive number of'} steps "
+             f"({self.schedule}, ratio {self.pruning_ratio}, importance {self.importance.name})")
+
+    def _start_pruning(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: torch.Tensor) -> None:
+        self._clock_start = time.perf_counter()
         self.report.params_before = structure.count_params(pl_module)
         self.report.macs_before = structure.count_macs(pl_module, example)
         self.report.metric_before = self._measure(trainer)
-        total = self.planner.num_steps()
-        info(
-            f"[lightning_prune] pruning {len(layers)} layers in {total if total is not None else 'adaptive'} steps "
-            f"({self.schedule}, ratio {self.pruning_ratio}, importance {self.importance.name}); "
-            f"{self.monitor} before pruning: {self.report.metric_before:.4f}"
-        )
+        info(f"[lightning_prune] {self.monitor} before pruning: {self.report.metric_before:.4f}")
 
     def _after_structure_change(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """DESIGN.md section 5: rebuild optimizers and schedulers, re-wrap DDP, tell satellites."""
