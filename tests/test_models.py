@@ -185,3 +185,16 @@ def test_registry_names_and_creation() -> None:
 def test_registry_unknown_name_raises() -> None:
     with pytest.raises(PruningConfigError, match="unknown model name.*HINT"):
         create_model("cifar_resnet21")
+
+
+def test_relative_weights_are_found_in_the_data_directory(monkeypatch, tmp_path) -> None:
+    net = cifar_resnet(20)
+    (tmp_path / "weights").mkdir()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "weights" / "r20.th")
+    monkeypatch.setenv("LIGHTNING_PRUNE_DATA", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "weights")  # a relative path that does not exist from here
+    loaded = cifar_resnet(20, weights="weights/r20.th")
+    assert torch.equal(loaded.conv1.weight, net.conv1.weight)
+    monkeypatch.delenv("LIGHTNING_PRUNE_DATA")
+    with pytest.raises(PruningConfigError, match="does not exist"):
+        cifar_resnet(20, weights="weights/r20.th")

@@ -7,6 +7,8 @@ so those weights load strictly.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -140,11 +142,24 @@ def _blocks_for_depth(depth: int) -> int:
     return (depth - 2) // 6
 
 
-def _read_checkpoint(path: str | Path) -> Mapping[str, Tensor]:
+def _locate(path: str | Path) -> Path:
+    """``path`` itself, else (when relative) the same path inside ``$LIGHTNING_PRUNE_DATA``.
+
+    This lets configs name ``weights/resnet20-12fca82f.th`` without a machine-specific path.
+    """
     file = Path(path).expanduser()
+    data_dir = os.environ.get("LIGHTNING_PRUNE_DATA")
+    if not file.is_file() and not file.is_absolute() and data_dir and (Path(data_dir) / file).is_file():
+        return Path(data_dir) / file
+    return file
+
+
+def _read_checkpoint(path: str | Path) -> Mapping[str, Tensor]:
+    file = _locate(path)
     if not file.is_file():
         raise PruningConfigError(
-            f"weights file {str(path)!r} does not exist",
+            f"weights file {str(path)!r} does not exist (relative paths are also looked up in "
+            "$LIGHTNING_PRUNE_DATA)",
             hint="pass the path of a local checkpoint (weights are never downloaded), "
             "or weights=None for random initialisation",
         )
