@@ -1,0 +1,84 @@
+"""Snapshots of a model's weights *and structure*, as plain CPU tensors, and their exact restoration.
+
+A snapshot is the model's ``state_dict`` copied to the CPU. Restoring it into the same model after
+channels were removed puts back tensors of the saved shapes (new ``nn.Parameter`` objects, with the
+``requires_grad`` flags the model has now) and updates the shape attributes of convolutions,
+linear and normalisation layers, so the module objects stay the same (hooks survive) and the
+structure is exactly the saved one. Snapshots are ``torch.load(weights_only=True)``-safe, so they
+can live in a checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from lightning_prune.errors import PruningConfigError
+
+
+def capture(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state (parameters and buffers) as CPU tensors."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+
+
+def nbytes(snapshot: Mapping[str, torch.Tensor]) -> int:
+    """Memory a snapshot holds."""
+    return sum(t.numel() * t.element_size() for t in snapshot.values())
+
+
+def _fix_shape_attributes(module: nn.Module) -> None:
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.modules.conv._ConvNd) and isinstance(weight, torch.Tensor):
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        if module.transposed:  # weight [in, out / groups, ...]
+            in_c = weight.shape[0]
+            groups = in_c if depthwise else module.groups
+            out_c = weight.shape[1] * groups
+        else:  # weight [out, in / groups, ...]
+            out_c = weight.shape[0]
+            groups = out_c if depthwise else module.groups
+            in_c = weight.shape[1] * groups
+        module.in_channels, module.out_channels, module.groups = in_c, out_c, groups
+    elif isinstance(module, nn.Linear) and isinstance(weight, torch.Tensor):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        reference = module.running_mean if module.running_mean is not None else weight
+        if reference is not None:
+            module.num_features = reference.shape[0]
+    elif isinstance(module, nn.GroupNorm) and isinstance(weight, torch.Tensor):
+        module.num_channels = weight.shape[0]
+    elif isinstance(module, nn.LayerNorm) and isinstance(weight, torch.Tensor):
+        module.normalized_shape = tuple(weight.shape)
+    elif isinstance(module, nn.PReLU) and isinstance(weight, torch.Tensor):
+        module.num_parameters = weight.numel()
+
+
+def restore(model: nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:
+    """Put ``snapshot``'s tensors (and so its structure) back into ``model``.
+
+    Raises:
+        PruningConfigError: if the snapshot's names are not exactly the model's.
+    """
+    own = model.state_dict()
+    if own.keys() != snapshot.keys():
+        missing, extra = sorted(own.keys() - snapshot.keys()), sorted(snapshot.keys() - own.keys())
+        raise PruningConfigError(f"snapshot does not fit the model (missing {missing[:3]}, unexpected {extra[:3]})",
+                                 hint="restore a snapshot into the model it was taken from")
+    modules = dict(model.named_modules())
+    touched: set[str] = set()
+    for key, value in snapshot.items():
+        owner, _, attr = key.rpartition(".")
+        module = modules[owner]
+        device = own[key].device
+        if attr in module._parameters and module._parameters[attr] is not None:
+            old = module._parameters[attr]
+            module._parameters[attr] = nn.Parameter(value.to(device, copy=True), requires_grad=old.requires_grad)
+        elif attr in module._buffers and module._buffers[attr] is not None:
+            module._buffers[attr] = value.to(device, copy=True)
+        else:  # extra state or a tensor exposed by a custom state_dict: let the module load it
+            module.load_state_dict({attr: value}, strict=False)
+        touched.add(owner)
+    for owner in touched:
+        _fix_shape_attributes(modules[owner])
