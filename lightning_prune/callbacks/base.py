@@ -30,6 +30,11 @@ class PruningSatellite:
         ...         return False
     """
 
+    def on_pruning_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning
+    ) -> None:
+        """Once, before the first surgery, after the unpruned model's metric was measured."""
+
     def on_structure_changed(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning
     ) -> None:
@@ -44,6 +49,23 @@ class PruningSatellite:
         ``finetune_epochs`` epochs (none when that is 0).
         """
         return None
+
+    def planned_finetune_epochs(self, controller: StructuredPruning) -> int | None:
+        """Fine-tuning epochs for a step that is fine-tuned (the largest answer wins; ``None``: no opinion)."""
+        return None
+
+    def wants_probe(self, controller: StructuredPruning) -> bool:
+        """Ask for a probe: the first step pruned on trial, fine-tuned one epoch, then undone."""
+        return False
+
+    def on_probe_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        """Before the probe's surgery (the model is unpruned)."""
+
+    def on_probe_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        """After the probe's surgery, before its fine-tuning epoch."""
+
+    def on_probe_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        """After the probe's fine-tuning epoch, just before the unpruned model is restored."""
 
     def continue_finetuning(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning, record: StepRecord

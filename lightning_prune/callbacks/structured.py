@@ -23,6 +23,7 @@ from lightning_prune.importance import ChannelImportance, calibrate, get_importa
 from lightning_prune.schedules import SCHEDULES, PruningPlanner, make_planner
 from lightning_prune.state import PruningReport, StepRecord
 from lightning_prune.structural import graph as structure
+from lightning_prune.structural import snapshot as snapshots
 
 _PHASES = ("pretrain", "pruning", "final", "done")
 
@@ -47,6 +48,17 @@ def batch_input(batch: Any) -> torch.Tensor:
         hint="pass `example_input=` to StructuredPruning and use (inputs, targets) batches, or set "
         "`example_input_array` on your LightningModule",
     )
+
+
+def _to_cpu(value: Any) -> Any:
+    """A deep copy of (nested) optimizer state with tensors on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 class StructuredPruning(Callback):
@@ -170,6 +182,8 @@ class StructuredPruning(Callback):
         self._finetune_started: float | None = None
         self._clock_start: float | None = None
         self._measuring = False
+        self._probe: dict[str, Any] | None = None  # while a probe step is being fine-tuned
+        self._probe_done = False
         self._satellites: list[PruningSatellite] = []
         self._original_on_load: Any = None
 
@@ -196,6 +210,8 @@ class StructuredPruning(Callback):
             "example_input": self._example,
             "seconds_elapsed": self._elapsed(),
             "last_val": list(self._last_val) if self._last_val is not None else None,
+            "probe_done": self._probe_done,
+            "probe": self._probe,
         }
 
     @override
@@ -217,6 +233,8 @@ class StructuredPruning(Callback):
         self._clock_start = time.perf_counter() - state_dict["seconds_elapsed"] if started else None
         last = state_dict.get("last_val")
         self._last_val = (int(last[0]), float(last[1])) if last is not None else None
+        self._probe_done = state_dict.get("probe_done", False)
+        self._probe = state_dict.get("probe")
 
     def set_planner(self, planner: PruningPlanner) -> None:
         """Let another callback decide the steps (call it from that callback's ``setup``)."""
@@ -272,6 +290,7 @@ class StructuredPruning(Callback):
         left = {"pretrain": self.pretrain_epochs - self._epochs_in_phase, "pruning": 0, "final": 0}[self._phase]
         left += self._finetune_left + (total - self._next_step) * self.finetune_epochs
         left += self.final_finetune_epochs - (self._epochs_in_phase if self._phase == "final" else 0)
+        left += int(not self._probe_done and any(s.wants_probe(self) for s in self._satellites))
         return trainer.current_epoch + max(left, 1)
 
     @override
@@ -281,6 +300,8 @@ class StructuredPruning(Callback):
                 self._epochs_in_phase += 1
                 return
             self._enter("pruning")
+        if self._phase == "probe":
+            self._end_probe(trainer, pl_module)
         if self._phase == "pruning":
             if self._finetune_left > 0 and self._satellites_continue(trainer, pl_module):
                 self._finetune_left -= 1
@@ -289,13 +310,19 @@ class StructuredPruning(Callback):
                 return
             self._finetune_left = 0
             self._close_pending(trainer, trainer.current_epoch - 1)
+            if self.report.metric_before is None:
+                self._start_pruning(trainer, pl_module)
+            if not self._probe_done and any(s.wants_probe(self) for s in self._satellites):
+                self._start_probe(trainer, pl_module)
+                return
             while self._has_next_step():
                 record = self._prune_step(trainer, pl_module)
-                if self._decide_finetune(trainer, pl_module, record):
+                epochs = self._finetune_epochs_for(trainer, pl_module, record)
+                if epochs > 0:
                     record.finetuned = True
                     record.finetune_epochs = 1
                     self._pending = record.step
-                    self._finetune_left = self.finetune_epochs - 1
+                    self._finetune_left = epochs - 1
                     self._finetune_started = time.perf_counter()
                     return
                 record.metric_after_finetune = record.metric_after_prune
@@ -309,8 +336,12 @@ class StructuredPruning(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._finetune_started is not None and self._pending is not None:
-            self.report.steps[self._pending].seconds_finetune += time.perf_counter() - self._finetune_started
+        if self._finetune_started is not None:
+            seconds = time.perf_counter() - self._finetune_started
+            if self._probe is not None:
+                self._probe["seconds"] += seconds
+            elif self._pending is not None:
+                self.report.steps[self._pending].seconds_finetune += seconds
         self._finetune_started = None
         # End as soon as the plan is complete, rather than after one more (empty) epoch.
         last_step_tuned = self._phase == "pruning" and self._finetune_left == 0 and not self._has_next_step()
@@ -355,10 +386,13 @@ class StructuredPruning(Callback):
         votes = [s.continue_finetuning(trainer, pl_module, self, record) for s in self._satellites]
         return bool(trainer.strategy.broadcast(False not in votes, src=0))
 
-    def _decide_finetune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: StepRecord) -> bool:
+    def _finetune_epochs_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: StepRecord) -> int:
+        """Fine-tuning epochs for a step just pruned: 0 to skip (decided on rank 0)."""
         votes = [s.finetune_decision(trainer, pl_module, self, record) for s in self._satellites]
         decision = True if True in votes else False if False in votes else self.finetune_epochs > 0
-        return bool(trainer.strategy.broadcast(decision and self.finetune_epochs > 0, src=0))
+        planned = [s.planned_finetune_epochs(self) for s in self._satellites]
+        epochs = max([p for p in planned if p is not None], default=self.finetune_epochs) if decision else 0
+        return int(trainer.strategy.broadcast(epochs, src=0))
 
     def _validated_at(self, epoch: int) -> float | None:
         """The monitored value of the regular validation of ``epoch``, if that epoch validated."""
@@ -372,19 +406,50 @@ class StructuredPruning(Callback):
         if self._validated_at(epoch) is not None:
             record.metric_after_finetune = self._validated_at(epoch)
         elif measure_if_stale:
-            record.metric_after_finetune = self._measure(trainer)
+            record.metric_after_finetune = self.measure(trainer)
         self._pending = None
 
-    # ------------------------------------------------------------------ one step
-    def _measure(self, trainer: pl.Trainer) -> float:
+    # ------------------------------------------------------------------ services for satellites
+    def measure(self, trainer: pl.Trainer, monitor: str | None = None, eval_batches: int | None = None) -> float:
+        """Run the module's validation now and return ``monitor`` (default: the controller's), same on all ranks."""
         self._measuring = True
         try:
-            value = evaluation.measure(trainer, self.monitor, self.eval_batches)
+            value = evaluation.measure(trainer, monitor or self.monitor,
+                                       self.eval_batches if monitor is None and eval_batches is None else eval_batches)
         finally:
             self._measuring = False
         return float(trainer.strategy.broadcast(value, src=0))
 
-    def _example_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+    def last_validation(self) -> float | None:
+        """The monitored value of the latest regular (epoch) validation, if any."""
+        return None if self._last_val is None else self._last_val[1]
+
+    def snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizers: bool = True) -> dict[str, Any]:
+        """Structure, weights, (optimizer states) and the plan's position, as CPU tensors and plain data."""
+        return {
+            "model": snapshots.capture(pl_module),
+            "optimizers": [_to_cpu(opt.state_dict()) for opt in trainer.optimizers] if optimizers else [],
+            "history": [[(n, list(i)) for n, i in step] for step in self.history],
+            "next_step": self._next_step,
+            "report_steps": len(self.report.steps),
+            "planner": self.planner.state_dict(),
+            "importance": self.importance.state_dict(),
+        }
+
+    def restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule, snapshot: dict[str, Any]) -> None:
+        """Return exactly to ``snapshot``: structure, weights, optimizer states, plan position."""
+        snapshots.restore(pl_module, snapshot["model"])
+        self.history = [[(n, list(i)) for n, i in step] for step in snapshot["history"]]
+        self._next_step = snapshot["next_step"]
+        del self.report.steps[snapshot["report_steps"]:]
+        self.planner.load_state_dict(snapshot["planner"])
+        self.importance.load_state_dict(snapshot["importance"])
+        self._after_structure_change(trainer, pl_module)
+        for optimizer, state in zip(trainer.optimizers, snapshot["optimizers"]):
+            optimizer.load_state_dict(state)
+
+    def example_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
+        """One input sample for tracing, on the module's device."""
         if self._example is None:
             loader = trainer.train_dataloader
             _check(loader is not None, "no example input: the Trainer has no training dataloader yet",
@@ -417,14 +482,9 @@ class StructuredPruning(Callback):
             calibrate(self.importance, sources, pl_module, batches)
         return {name: self.importance.score(name, layers[name].module) for name in names}
 
-    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> StepRecord:
-        example = self._example_input(trainer, pl_module)
-        if self.report.metric_before is None:
-            self._start_pruning(trainer, pl_module, example)
-        started = time.perf_counter()
-        graph, layers = self._layers(pl_module, example)
-        step = self._next_step
-        total = self.planner.num_steps()
+    def _apply_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> list[str]:
+        """Score, plan (decided on rank 0), check, cut, record, rebuild; returns the step's components."""
+        graph, layers = self._layers(pl_module, self.example_input(trainer, pl_module))
         names = [n for n in self.planner.layers_for_step(step) if n in layers]
         plan = self.planner.plan(step, layers, self._scores(trainer, pl_module, layers, names))
         plan = trainer.strategy.broadcast({n: [int(i) for i in idxs] for n, idxs in plan.items() if idxs}, src=0)
@@ -435,14 +495,20 @@ class StructuredPruning(Callback):
             structure.prune_layer(pl_module, graph, name, idxs)
         self.history.append([(name, idxs) for name, idxs in plan.items()])
         self._after_structure_change(trainer, pl_module)
-        components = list(dict.fromkeys(self.planner.component_of(n) for n in (plan or dict.fromkeys(names))))
+        return list(dict.fromkeys(self.planner.component_of(n) for n in (plan or dict.fromkeys(names))))
+
+    def _prune_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> StepRecord:
+        started = time.perf_counter()
+        step, total = self._next_step, self.planner.num_steps()
+        components = self._apply_step(trainer, pl_module, step)
         record = StepRecord(
             step=step, components=components, params=structure.count_params(pl_module),
-            macs=structure.count_macs(pl_module, example), channels_removed=sum(len(i) for i in plan.values()),
+            macs=structure.count_macs(pl_module, self.example_input(trainer, pl_module)),
+            channels_removed=sum(len(i) for _, i in self.history[-1]),
             seconds_prune=time.perf_counter() - started,
         )
         started = time.perf_counter()
-        record.metric_after_prune = self._measure(trainer)
+        record.metric_after_prune = self.measure(trainer)
         record.seconds_eval = time.perf_counter() - started
         self.report.steps.append(record)
         self._next_step += 1
@@ -451,7 +517,7 @@ class StructuredPruning(Callback):
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Trace the model and fix the plan before any training: structural errors surface here."""
-        _, layers = self._layers(pl_module, self._example_input(trainer, pl_module))
+        _, layers = self._layers(pl_module, self.example_input(trainer, pl_module))
         self.planner.setup(list(layers.values()))
         self._planner_ready = True
         total = self.planner.num_steps()
@@ -459,12 +525,40 @@ class StructuredPruning(Callback):
              f"{total if total is not None else 'an adaptive number of'} steps "
              f"({self.schedule}, ratio {self.pruning_ratio}, importance {self.importance.name})")
 
-    def _start_pruning(self, trainer: pl.Trainer, pl_module: pl.LightningModule, example: torch.Tensor) -> None:
+    def _start_pruning(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._clock_start = time.perf_counter()
         self.report.params_before = structure.count_params(pl_module)
-        self.report.macs_before = structure.count_macs(pl_module, example)
-        self.report.metric_before = self._measure(trainer)
+        self.report.macs_before = structure.count_macs(pl_module, self.example_input(trainer, pl_module))
+        self.report.metric_before = self.measure(trainer)
         info(f"[lightning_prune] {self.monitor} before pruning: {self.report.metric_before:.4f}")
+        for satellite in self._satellites:
+            satellite.on_pruning_start(trainer, pl_module, self)
+
+    def _start_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Prune the first step on trial for one fine-tuning epoch; ``_end_probe`` undoes it."""
+        started = time.perf_counter()
+        snapshot = self.snapshot(trainer, pl_module, optimizers=False)
+        for satellite in self._satellites:
+            satellite.on_probe_start(trainer, pl_module, self)
+        components = self._apply_step(trainer, pl_module, self._next_step)
+        for satellite in self._satellites:
+            satellite.on_probe_pruned(trainer, pl_module, self)
+        self._probe = {"snapshot": snapshot, "components": components, "seconds": time.perf_counter() - started}
+        self._phase = "probe"
+        self._finetune_started = time.perf_counter()
+        info(f"[lightning_prune] probe: {', '.join(components)} pruned on trial for one fine-tuning epoch")
+
+    def _end_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self._probe is not None
+        started = time.perf_counter()
+        for satellite in self._satellites:
+            satellite.on_probe_end(trainer, pl_module, self)
+        self.restore(trainer, pl_module, self._probe["snapshot"])
+        seconds = self._probe["seconds"] + time.perf_counter() - started
+        self.report.extra["probe"] = {"components": self._probe["components"], "seconds": seconds}
+        self._probe, self._probe_done = None, True
+        self._phase = "pruning"
+        info(f"[lightning_prune] probe done in {seconds:.1f} s; the unpruned model is restored")
 
     def _after_structure_change(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """DESIGN.md section 5: rebuild optimizers and schedulers, re-wrap DDP, tell satellites."""
@@ -497,7 +591,7 @@ class StructuredPruning(Callback):
         if metric is None and self.report.steps and self.final_finetune_epochs == 0:
             metric = self.report.steps[-1].metric_after_finetune
         if metric is None:
-            metric = self._measure(trainer)
+            metric = self.measure(trainer)
         self._summarise(pl_module, metric)
         self._enter("done")
 
