@@ -1,7 +1,13 @@
 """lightning_prune: structured and unstructured pruning as PyTorch Lightning callbacks."""
 
 from lightning_prune.artifacts import load_pruned
-from lightning_prune.callbacks import PruningSatellite, StructuredPruning
+from lightning_prune.callbacks import (
+    LayerFreezer,
+    PruningAwareLR,
+    PruningSatellite,
+    StructuredPruning,
+    ThresholdSkipFineTune,
+)
 from lightning_prune.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.export import export_onnx, measure_latency
@@ -15,12 +21,15 @@ __all__ = [
     "DigitsDataModule",
     "ImageClassifier",
     "ImageFolderDataModule",
+    "LayerFreezer",
     "MNISTDataModule",
+    "PruningAwareLR",
     "PruningConfigError",
     "PruningReport",
     "PruningSatellite",
     "StepRecord",
     "StructuredPruning",
+    "ThresholdSkipFineTune",
     "export_onnx",
     "load_pruned",
     "measure_latency",

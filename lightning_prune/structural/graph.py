@@ -357,3 +357,31 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Te
 def count_params(model: nn.Module) -> int:
     """All parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
+
+
+def conv_norm_pairs(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, str]:
+    """Each conv's BatchNorm: the norm layer executed right after it, over the same channels."""
+    order: list[tuple[str, nn.Module]] = []
+    names = {m: n for n, m in model.named_modules()}
+    kinds = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)
+
+    def hook(module: nn.Module, _inputs: object, _output: object) -> None:
+        order.append((names[module], module))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    inputs = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    pairs: dict[str, str] = {}
+    for (name, module), (next_name, following) in zip(order, order[1:]):
+        if (isinstance(module, nn.modules.conv._ConvNd) and isinstance(following, nn.modules.batchnorm._BatchNorm)
+                and following.num_features == module.out_channels):
+            pairs.setdefault(name, next_name)
+    return pairs
