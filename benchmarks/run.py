@@ -47,6 +47,7 @@ def run_config(config: str, extra: list[str], out: Path) -> dict[str, Any]:
     if controller is not None:
         row.update(controller.report.totals())
         row["steps"] = len(controller.report.steps)
+        row["probe_seconds"] = controller.report.extra.get("probe", {}).get("seconds", 0.0)
     return row
 
 
