@@ -239,8 +239,8 @@ class SelfDistillation(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.teacher is not None:
-            dtype = next((p.dtype for p in self._student.parameters() if p.is_floating_point()), None)  # type: ignore[union-attr]
+        if self.teacher is not None and self._student is not None:
+            dtype = next((p.dtype for p in self._student.parameters() if p.is_floating_point()), None)
             self.teacher.to(device=pl_module.device, dtype=dtype)
             self.teacher.eval()
 
@@ -255,8 +255,15 @@ class SelfDistillation(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self._unwrap(pl_module)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._unwrap(pl_module)  # Lightning skips teardown hooks when fit raises
+
+    def _unwrap(self, pl_module: pl.LightningModule) -> None:
+        """Remove the forward hook and give the module its own ``training_step`` back."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -278,7 +285,8 @@ class SelfDistillation(Callback):
 
         Taken at validation end too, so that a checkpoint saved at that validation already holds it.
         """
-        if self.teacher_path is None and not self._detached and self._start > 0 and trainer.current_epoch == self._start - 1:
+        due = self._start > 0 and trainer.current_epoch == self._start - 1
+        if due and self.teacher_path is None and not self._detached:
             self.snapshot_teacher()
 
     def _find_student(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -359,7 +367,8 @@ class SelfDistillation(Callback):
         else:
             scale = self.temperature**2 if self.scale_by_t2 else 1.0
             loss = user_loss + self.alpha * distillation_kl(student, teacher, self.temperature) * scale
-        pl_module.log("distill/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=student.shape[0])
+        pl_module.log("distill/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=student.shape[0],
+                      sync_dist=True)
         if isinstance(out, dict):
             return {**out, "loss": loss}
         return loss

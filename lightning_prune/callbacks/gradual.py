@@ -66,6 +66,10 @@ def _optimizer_spec(spec: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     return name, spec
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     if name in _OPTIMIZER_NAMES:
         return _OPTIMIZER_NAMES[name]
@@ -219,8 +223,10 @@ class GradualMagnitudePruning(Callback):
         _check(_is_int(pretrain_epochs, 0), f"pretrain_epochs={pretrain_epochs!r} must be an integer >= 0",
                "use 0 for a pretrained model")
         _check(finetune_patience is None or _is_int(finetune_patience, 1),
-               f"finetune_patience={finetune_patience!r} must be None or an integer >= 1", "use e.g. finetune_patience=4")
-        _check(max_epochs is None or _is_int(max_epochs, 1), f"max_epochs={max_epochs!r} must be None or an integer >= 1",
+               f"finetune_patience={finetune_patience!r} must be None or an integer >= 1",
+               "use e.g. finetune_patience=4")
+        _check(max_epochs is None or _is_int(max_epochs, 1),
+               f"max_epochs={max_epochs!r} must be None or an integer >= 1",
                "use e.g. max_epochs=100 (the paper's cap), or None")
         _check(eval_batches is None or _is_int(eval_batches, 1),
                f"eval_batches={eval_batches!r} must be None or an integer >= 1", "use None to validate on all batches")
@@ -243,6 +249,7 @@ class GradualMagnitudePruning(Callback):
         self._best: float | None = None
         self._wait = 0
         self._switched = False
+        self._started_epoch: int | None = None
         self._last_val: tuple[int, float] | None = None
         self._masks: dict[str, Tensor] = {}
         self._params: dict[str, torch.nn.Parameter] = {}
@@ -288,6 +295,7 @@ class GradualMagnitudePruning(Callback):
             "wait": self._wait,
             "last_val": list(self._last_val) if self._last_val is not None else None,
             "switched": self._switched,
+            "started_epoch": self._started_epoch,
             "masks": {name: mask.detach().cpu().clone() for name, mask in self._masks.items()},
             "report": self.report.to_dict(),
             "seconds_elapsed": self._elapsed(),
@@ -302,10 +310,17 @@ class GradualMagnitudePruning(Callback):
         last = state_dict["last_val"]
         self._last_val = (int(last[0]), float(last[1])) if last is not None else None
         self._switched = bool(state_dict["switched"])
+        self._started_epoch = state_dict["started_epoch"]
         self._masks = {name: mask.bool() for name, mask in state_dict["masks"].items()}
         self.report = GradualReport.from_dict(state_dict["report"])
         self._elapsed_before = float(state_dict["seconds_elapsed"])
         self._clock_start = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_params"], state["_distillers"] = {}, []
+        state["_masks"] = {name: mask.detach().cpu() for name, mask in self._masks.items()}
+        return state
 
     # ------------------------------------------------------------------ Lightning hooks
     @override
@@ -337,6 +352,9 @@ class GradualMagnitudePruning(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._params = self._prunable(pl_module)
         self._clock_start = time.perf_counter()
+        done = sum(self.report.epochs.values())  # resumed: Lightning refuses a max_epochs below the checkpoint's epoch
+        if 0 <= trainer.fit_loop.max_epochs <= done:
+            trainer.fit_loop.max_epochs = done + 1
         if self._masks:  # resumed: masks back on the device, before Lightning restores optimizer state
             self._masks = {n: m.to(self._params[n].device) for n, m in self._masks.items() if n in self._params}
             M.apply_masks(self._params, self._masks)
@@ -346,12 +364,18 @@ class GradualMagnitudePruning(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_started = time.perf_counter()
+        if self._started_epoch == trainer.current_epoch and self._phase != "done":
+            self._epoch_phase = self._phase  # resumed from a mid-epoch checkpoint: this epoch's start already ran
+            return
+        self._started_epoch = trainer.current_epoch
         if self._phase == "done" or self._over_budget(trainer.current_epoch):
             self._finish(trainer)
             self._epoch_phase = None
             return
         if self._phase == "pretrain" and self.report.epochs["pretrain"] >= self.pretrain_epochs:
             self._start_pruning(trainer)
+        if self._phase == "prune" and self._prunes_done == self.pruning_epochs:
+            self._enter("converge", None)  # the last pruning epoch did not validate: count from the next one
         if self._phase == "prune":
             self._prune(trainer, self.schedule[self._prunes_done])
             self._prunes_done += 1
@@ -417,7 +441,8 @@ class GradualMagnitudePruning(Callback):
         self.report.write(out / "report.json")
         layers = self.report.sparsity["layers"]
         info(f"[lightning_prune] sparsity {self.report.sparsity['overall']:.4f} over {len(layers)} tensors; "
-             f"{self.monitor} {self.report.metric_before} -> {self.report.metric_after}; epochs {self.report.epochs}")
+             f"{self.monitor} {_fmt(self.report.metric_before)} -> {_fmt(self.report.metric_after)}; "
+             f"epochs {self.report.epochs}")
         if self.report.size:
             info(f"[lightning_prune] sparse_model.pt {self.report.size['bytes']:,} bytes vs dense "
                  f"{self.report.size['dense_bytes']:,} ({self.report.size['ratio']:.2f}x smaller)")
@@ -492,7 +517,8 @@ class GradualMagnitudePruning(Callback):
         achieved = self._overall_sparsity()
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics({"prune/target_sparsity": target, "prune/sparsity": achieved}, step=trainer.global_step)
+                logger.log_metrics({"prune/target_sparsity": target, "prune/sparsity": achieved},
+                                   step=trainer.global_step)
         info(f"[lightning_prune] epoch {trainer.current_epoch}: pruned to sparsity {achieved:.4f} "
              f"(step {self._prunes_done + 1}/{self.pruning_epochs}, target {target:.4f}, {self.scope})")
 

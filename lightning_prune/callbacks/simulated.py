@@ -73,7 +73,9 @@ class SimulatedPruning(Callback):
         self._controller = found[0]
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         controller = self._controller
         if controller is None or not controller.pruning or self.sparsity == 0 or self._saved:
             return

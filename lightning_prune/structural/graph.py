@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -328,6 +329,28 @@ def replay(
             prune_layer(model, graph, name, idxs)
 
 
+def _run_with_hooks(
+    model: nn.Module,
+    example_input: torch.Tensor | Sequence[torch.Tensor],
+    kinds: tuple[type[nn.Module], ...],
+    hook: Callable[[nn.Module, Any, Any], None],
+) -> tuple[torch.Tensor, ...]:
+    """One eval-mode, no-grad forward with ``hook`` on every module of ``kinds``; mode and hooks restored."""
+    inputs = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for handle in handles:
+            handle.remove()
+    return inputs
+
+
 def count_macs(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]) -> int:
     """Multiply-accumulates of conv and linear layers per sample of ``example_input``."""
     total = 0
@@ -340,17 +363,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Te
             kernel = module.weight[0].numel()  # in_channels / groups * prod(kernel_size)
             total += output.numel() * kernel
 
-    inputs = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _ROOT_TYPES)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    inputs = _run_with_hooks(model, example_input, _ROOT_TYPES, hook)
     return total // max(1, inputs[0].shape[0])
 
 
@@ -368,17 +381,7 @@ def conv_norm_pairs(model: nn.Module, example_input: torch.Tensor | Sequence[tor
     def hook(module: nn.Module, _inputs: object, _output: object) -> None:
         order.append((names[module], module))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
-    inputs = tuple(example_input) if isinstance(example_input, tuple | list) else (example_input,)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    _run_with_hooks(model, example_input, kinds, hook)
     pairs: dict[str, str] = {}
     for (name, module), (next_name, following) in zip(order, order[1:]):
         if (isinstance(module, nn.modules.conv._ConvNd) and isinstance(following, nn.modules.batchnorm._BatchNorm)
