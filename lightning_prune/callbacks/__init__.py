@@ -1,7 +1,19 @@
 """Pruning callbacks: the controller and its satellites."""
 
 from lightning_prune.callbacks.base import PruningSatellite
+from lightning_prune.callbacks.distillation import SelfDistillation
+from lightning_prune.callbacks.gradual import GradualMagnitudePruning
 from lightning_prune.callbacks.ice import LayerFreezer, PruningAwareLR, ThresholdSkipFineTune
+from lightning_prune.callbacks.simulated import SimulatedPruning
 from lightning_prune.callbacks.structured import StructuredPruning
 
-__all__ = ["LayerFreezer", "PruningAwareLR", "PruningSatellite", "StructuredPruning", "ThresholdSkipFineTune"]
+__all__ = [
+    "GradualMagnitudePruning",
+    "LayerFreezer",
+    "PruningAwareLR",
+    "PruningSatellite",
+    "SelfDistillation",
+    "SimulatedPruning",
+    "StructuredPruning",
+    "ThresholdSkipFineTune",
+]
