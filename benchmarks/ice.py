@@ -4,7 +4,8 @@
 2. ablations at 0.6: ICE without the threshold, without freezing, without the LR scheduler;
 3. criteria under ICE at 0.6: l1, random, entropy, mean_activation (time vs accuracy plot).
 
-Every run starts from configs/ice_resnet20_cifar10.yaml (the baseline drops the three satellites),
+Every run starts from configs/ice_resnet20_cifar10.yaml (the baseline drops the three ICE satellites
+and keeps the distillation, as both pipelines distil in the paper's CIFAR runs),
 trains each fine-tuning epoch on a seeded ``--subset-fraction`` of the training split, measures on
 the same fraction of the validation split, and is tested on the full CIFAR-10 test set. Results:
 ``results.jsonl``, ``results.md`` and ``ice.png`` in ``--out``.
