@@ -18,6 +18,7 @@ from lightning_prune.losses import dg2pf_loss
 from lightning_prune.module import ImageClassifier
 from lightning_prune.sparse import load_sparse, save_sparse
 from lightning_prune.state import PruningReport, StepRecord
+from lightning_prune.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -38,10 +39,12 @@ __all__ = [
     "StepRecord",
     "StructuredPruning",
     "ThresholdSkipFineTune",
+    "TuneResult",
     "dg2pf_loss",
     "export_onnx",
     "load_pruned",
     "load_sparse",
     "measure_latency",
     "save_sparse",
+    "tune",
 ]

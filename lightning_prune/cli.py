@@ -28,7 +28,8 @@ class PruneCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Accept (and ignore) the ``tune:`` block of ``lightning-prune tune``."""
-        parser.add_argument("--tune", type=dict[str, Any] | None, default=None,
+        # SUPPRESS: without a tune block the parsed (and saved) config is exactly as before
+        parser.add_argument("--tune", type=dict[str, Any] | None, default=argparse.SUPPRESS,
                             help="Settings of `lightning-prune tune` (ignored by fit, validate, test, predict).")
 
 
