@@ -46,13 +46,18 @@ def plan(only: set[str] | None) -> list[tuple[str, str, dict[str, Any]]]:
     """(group, name, config) for every run."""
     base = yaml.safe_load(BASE.read_text())
     runs = []
-    for ratio in (0.6, 0.7, 0.8):
+
+    def pair(ratio: float) -> None:
         runs.append(("table3", f"baseline_r{ratio}", variant(base, ratio, without=tuple(SATELLITES))))
         runs.append(("table3", f"ice_r{ratio}", variant(base, ratio)))
+
+    pair(0.6)  # the goal's comparison first, then the ratio-0.6 studies, then the other ratios
     for name in SATELLITES:
         runs.append(("table2", f"ice_no_{name}_r0.6", variant(base, 0.6, without=(name,))))
     for criterion in ("random", "entropy", "mean_activation"):
         runs.append(("fig3", f"ice_{criterion}_r0.6", variant(base, 0.6, importance=criterion)))
+    pair(0.7)
+    pair(0.8)
     return [r for r in runs if only is None or r[0] in only]
 
 
