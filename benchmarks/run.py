@@ -22,18 +22,14 @@ import lightning
 import torch
 
 from lightning_prune import StructuredPruning
-from lightning_prune.cli import PruneCLI
+from lightning_prune.cli import make_cli
 
 
 def run_config(config: str, extra: list[str], out: Path) -> dict[str, Any]:
     """Fit one config, test the result, and return one JSON-ready row."""
     name = Path(config).stem
     started = time.perf_counter()
-    cli = PruneCLI(
-        lightning.pytorch.LightningModule, lightning.pytorch.LightningDataModule,
-        subclass_mode_model=True, subclass_mode_data=True, save_config_kwargs={"overwrite": True},
-        args=["fit", "--config", config, f"--trainer.default_root_dir={out / name}", *extra],
-    )
+    cli = make_cli(["fit", "--config", config, f"--trainer.default_root_dir={out / name}", *extra])
     wall = time.perf_counter() - started
     trainer = cli.trainer
     controller = next((cb for cb in trainer.callbacks if isinstance(cb, StructuredPruning)), None)
