@@ -2,6 +2,7 @@
 
 from lightning_prune.artifacts import load_pruned
 from lightning_prune.callbacks import (
+    AdaptiveThresholdRollback,
     GradualMagnitudePruning,
     LayerFreezer,
     PruningAwareLR,
@@ -23,6 +24,7 @@ from lightning_prune.tuning import TuneResult, tune
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveThresholdRollback",
     "CIFAR10DataModule",
     "DigitsDataModule",
     "GradualMagnitudePruning",

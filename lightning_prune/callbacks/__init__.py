@@ -1,5 +1,6 @@
 """Pruning callbacks: the controller and its satellites."""
 
+from lightning_prune.callbacks.aap import AdaptiveThresholdRollback
 from lightning_prune.callbacks.base import PruningSatellite
 from lightning_prune.callbacks.distillation import SelfDistillation
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
@@ -8,6 +9,7 @@ from lightning_prune.callbacks.simulated import SimulatedPruning
 from lightning_prune.callbacks.structured import StructuredPruning
 
 __all__ = [
+    "AdaptiveThresholdRollback",
     "GradualMagnitudePruning",
     "LayerFreezer",
     "PruningAwareLR",

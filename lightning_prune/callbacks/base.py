@@ -73,6 +73,20 @@ class PruningSatellite:
         """At the start of each further fine-tuning epoch of a step: ``False`` ends it early."""
         return None
 
+    def on_step_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning, record: StepRecord
+    ) -> None:
+        """Once a step's ``metric_after_finetune`` is known (fine-tuned or skipped), before the next step is pruned.
+
+        Not called for a step left unfinished when the fit is stopped early. A satellite may roll the
+        model back here (``controller.restore``) or end an open-ended plan through its planner.
+        """
+
+    def on_pruning_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        """Once, when the plan is complete (or the fit was stopped during it), before the final
+        fine-tuning epochs, the report's totals and the artifacts. A satellite may put another model
+        in place here with ``controller.restore`` (AAP returns its best acceptable round)."""
+
 
 def find_controller(trainer: pl.Trainer, owner: object) -> StructuredPruning:
     """The one :class:`StructuredPruning` in ``trainer.callbacks`` (for satellites' ``setup``)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +327,8 @@ class StructuredPruning(Callback):
                     self._finetune_started = time.perf_counter()
                     return
                 record.metric_after_finetune = record.metric_after_prune
-            self._enter("final")
+                self._step_end(trainer, pl_module, record)
+            self._end_plan(trainer, pl_module)
         if self._phase == "final":
             if self._epochs_in_phase < self.final_finetune_epochs:
                 self._epochs_in_phase += 1
@@ -347,7 +349,7 @@ class StructuredPruning(Callback):
         last_step_tuned = self._phase == "pruning" and self._finetune_left == 0 and not self._has_next_step()
         if last_step_tuned and self.final_finetune_epochs == 0:
             self._close_pending(trainer, trainer.current_epoch)
-            self._enter("final")
+            self._end_plan(trainer, pl_module)
         if self._phase == "final" and self._epochs_in_phase >= self.final_finetune_epochs:
             self._finish(trainer, pl_module, trainer.current_epoch)
             trainer.should_stop = True
@@ -367,8 +369,17 @@ class StructuredPruning(Callback):
         if self.report.metric_before is None:  # stopped before the first step
             return
         if self._phase != "done":  # stopped early by the user or another callback
-            self._close_pending(trainer, trainer.current_epoch, measure_if_stale=False)
-            self._summarise(pl_module, metric=self._last_val[1] if self._last_val else None)
+            self._close_pending(trainer, trainer.current_epoch, measure_if_stale=False, notify=False)
+            if self._phase in ("pruning", "probe"):
+                for satellite in self._satellites:
+                    satellite.on_pruning_end(trainer, pl_module, self)
+            if self._last_val is not None:
+                metric = self._last_val[1]
+            elif self.report.steps:  # a satellite restored a model whose steps carry its metric
+                metric = self.report.steps[-1].metric_after_finetune
+            else:
+                metric = self.report.metric_before  # the unpruned model
+            self._summarise(pl_module, metric=metric)
         self._write_outputs(trainer, pl_module)
 
     # ------------------------------------------------------------------ the plan
@@ -398,7 +409,7 @@ class StructuredPruning(Callback):
         """The monitored value of the regular validation of ``epoch``, if that epoch validated."""
         return self._last_val[1] if self._last_val is not None and self._last_val[0] == epoch else None
 
-    def _close_pending(self, trainer: pl.Trainer, epoch: int, measure_if_stale: bool = True) -> None:
+    def _close_pending(self, trainer: pl.Trainer, epoch: int, measure_if_stale: bool = True, notify: bool = True) -> None:
         """Record the fine-tuned step's metric: from ``epoch``'s validation, else measured now."""
         if self._pending is None:
             return
@@ -408,6 +419,18 @@ class StructuredPruning(Callback):
         elif measure_if_stale:
             record.metric_after_finetune = self.measure(trainer)
         self._pending = None
+        if notify:
+            self._step_end(trainer, trainer.lightning_module, record)
+
+    def _step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: StepRecord) -> None:
+        for satellite in self._satellites:
+            satellite.on_step_end(trainer, pl_module, self, record)
+
+    def _end_plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The plan is complete: satellites may put their chosen model in place, then final fine-tuning."""
+        for satellite in self._satellites:
+            satellite.on_pruning_end(trainer, pl_module, self)
+        self._enter("final")
 
     # ------------------------------------------------------------------ services for satellites
     def measure(self, trainer: pl.Trainer, monitor: str | None = None, eval_batches: int | None = None) -> float:
@@ -431,7 +454,7 @@ class StructuredPruning(Callback):
             "optimizers": [_to_cpu(opt.state_dict()) for opt in trainer.optimizers] if optimizers else [],
             "history": [[(n, list(i)) for n, i in step] for step in self.history],
             "next_step": self._next_step,
-            "report_steps": len(self.report.steps),
+            "steps": [asdict(record) for record in self.report.steps],
             "planner": self.planner.state_dict(),
             "importance": self.importance.state_dict(),
         }
@@ -441,12 +464,14 @@ class StructuredPruning(Callback):
         snapshots.restore(pl_module, snapshot["model"])
         self.history = [[(n, list(i)) for n, i in step] for step in snapshot["history"]]
         self._next_step = snapshot["next_step"]
-        del self.report.steps[snapshot["report_steps"]:]
+        # the snapshot's own records: it need not be an ancestor of the present state
+        self.report.steps = [StepRecord(**record) for record in snapshot["steps"]]
         self.planner.load_state_dict(snapshot["planner"])
         self.importance.load_state_dict(snapshot["importance"])
         self._after_structure_change(trainer, pl_module)
         for optimizer, state in zip(trainer.optimizers, snapshot["optimizers"]):
             optimizer.load_state_dict(state)
+        self._last_val = None  # the latest validation describes a model that is gone
 
     def example_input(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         """One input sample for tracing, on the module's device."""

@@ -1,0 +1,494 @@
+"""AAP: adaptive, layer-aware threshold pruning with rollback (Algorithms 2-5 of the AAP paper).
+
+:class:`AdaptiveThresholdRollback` supplies :class:`~lightning_prune.StructuredPruning` with an
+open-ended plan: each round removes every filter whose importance score is ``<=`` its layer's
+threshold ``T * N_i / N_total``, retrains ``epochs_per_round`` epochs and evaluates; an acceptable
+round raises ``T`` by ``lambda``, an unacceptable one rolls the model back to the last acceptable
+round ``k`` with ``lambda = lambda_k / 2**N``. When the loop ends the best acceptable round is put
+back in place, so ``report.json`` and ``pruned_model.pt`` describe it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
+
+from lightning_prune._logging import info
+from lightning_prune.callbacks.base import PruningSatellite, find_controller
+from lightning_prune.callbacks.structured import StructuredPruning
+from lightning_prune.errors import PruningConfigError
+from lightning_prune.schedules import LayerInfo, PruningPlanner, StepPlan
+from lightning_prune.state import StepRecord
+from lightning_prune.structural import graph as structure
+from lightning_prune.structural import snapshot as snapshots
+
+TARGETS = ("accuracy", "params", "flops")
+REWINDS = ("none", "lr", "weights")
+_EPS = 1e-12
+
+
+def _check(ok: bool, message: str, hint: str) -> None:
+    if not ok:
+        raise PruningConfigError(message, hint=hint)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def layer_thresholds(threshold: float, sizes: Mapping[str, float]) -> dict[str, float]:
+    """Per-layer thresholds ``T * N_i / N_total`` (AAP Algorithm 3).
+
+    Example:
+        >>> layer_thresholds(2.0, {"a": 30, "b": 10})
+        {'a': 1.5, 'b': 0.5}
+    """
+    total = float(sum(sizes.values()))
+    if total <= 0:
+        return {name: 0.0 for name in sizes}
+    return {name: threshold * size / total for name, size in sizes.items()}
+
+
+def below_threshold(scores: torch.Tensor, threshold: float) -> list[int]:
+    """Channels whose score is ``<= threshold``, never all of them (the best-scoring one stays).
+
+    Example:
+        >>> below_threshold(torch.tensor([0.5, 0.1, 0.9]), 0.5)
+        [0, 1]
+        >>> below_threshold(torch.tensor([0.5, 0.1]), 3.0)
+        [1]
+    """
+    values = [float(v) for v in scores.flatten().tolist()]
+    idxs = [i for i, v in enumerate(values) if v <= threshold]
+    if len(idxs) >= len(values):
+        keep = min(range(len(values)), key=lambda i: (-values[i], i))
+        idxs = [i for i in idxs if i != keep]
+    return idxs
+
+
+class AdaptiveThresholdPlanner(PruningPlanner):
+    """The open-ended plan of :class:`AdaptiveThresholdRollback`: every layer, every round."""
+
+    def __init__(self, owner: AdaptiveThresholdRollback) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def num_steps(self) -> None:
+        return None
+
+    def is_done(self, step: int) -> bool:
+        return self.owner.finished
+
+    def layers_for_step(self, step: int) -> list[str]:
+        return list(self.original)
+
+    def plan(self, step: int, layers: Mapping[str, LayerInfo], scores: Mapping[str, torch.Tensor]) -> StepPlan:
+        names = [name for name in self.original if name in layers]
+        sizes = {name: self.owner.layer_size(layers[name]) for name in names}
+        thresholds = layer_thresholds(self.owner.threshold, sizes)
+        self.owner.last_layer_thresholds = thresholds
+        return {name: below_threshold(scores[name], thresholds[name]) for name in names}
+
+
+class AdaptiveThresholdRollback(PruningSatellite, Callback):
+    """AAP's adaptive pruning policy: raise a global threshold while rounds are acceptable, roll back when not.
+
+    Round ``r`` prunes, in every prunable layer ``i``, each filter whose score (the controller's
+    importance criterion: ``"attention"`` is the paper's, ``"l1"`` its ILP comparison) is ``<=
+    T * N_i / N_total``, where ``N_i`` is the layer's parameters (``layer.group_params``: the filters'
+    own weights plus the BatchNorm and next-layer inputs they take with them) or its MACs, then
+    retrains ``epochs_per_round`` epochs and evaluates. Thresholds are in the criterion's units (for
+    attention, the scale of the post-ReLU activations), so choose ``lambda_init`` relative to typical
+    scores. A layer always keeps its best-scoring filter.
+
+    Acceptable round (see ``target``): ``T += lambda``. Unacceptable: roll back structure, weights,
+    optimizer state, ``T`` and ``lambda`` exactly to the last acceptable round ``k`` (kept as a CPU
+    snapshot) and continue with ``lambda = lambda_k / 2**N``, ``T = T_k + lambda`` (``N``: rollbacks to
+    ``k`` so far, this one included); after ``max_rollbacks`` rollbacks to ``k`` it is marked
+    unacceptable and the rule goes further back. Round 0 is the unpruned model, acceptable by
+    definition (for the rule it has ``T_0 = threshold_init - lambda_init``, so round 1 uses
+    ``threshold_init``). The loop stops when the size (parameters, or MACs for ``target="flops"`` /
+    ``layer_weighting="flops"``) of ``convergence_rounds`` successive acceptable rounds changed by less
+    than ``convergence_tol`` (relative; counted only once something was pruned), after ``max_rounds``
+    rounds, or when no acceptable round is left. At the end the best round that was acceptable when
+    evaluated (round 0 included; a round later marked unacceptable by the rule still met the target)
+    is restored: the smallest size (for ``"params"`` / ``"flops"``: the largest reduction), then the
+    best metric, then the latest round.
+
+    Targets:
+        ``"accuracy"``: acceptable when the metric dropped by at most ``max_drop`` (metric units; 0.01
+        is one point of accuracy logged as a fraction) versus the unpruned model.
+        ``"params"`` / ``"flops"``: acceptable when the reduction of parameters / MACs versus the
+        unpruned model is at most ``param_reduction`` / ``flops_reduction`` (the paper's Algorithms 4
+        and 5: the rule approaches the target from below, halving ``lambda`` at every overshoot).
+
+    Rewinding (what a round's retraining starts from):
+        ``"lr"``: the optimizer and LR scheduler freshly built from ``configure_optimizers`` (the LR
+        schedule restarts, momentum is reset) - what the controller does after every structural change,
+        and the authors' code's LR rewinding. ``"none"``: the LR schedulers continue from where the
+        previous round's retraining left them (momentum is still reset: the pruned parameters are new
+        tensors); without a scheduler it is the same as ``"lr"``. ``"weights"``: ``"lr"`` plus LTH weight
+        rewinding: after the prune, the surviving filters get their values from round 0 (the model when
+        pruning started), i.e. the round-0 snapshot pruned to the current structure.
+
+    Args:
+        monitor: The controller's monitor.
+        mode: ``"max"`` if higher ``monitor`` is better, else ``"min"``.
+        target: ``"accuracy"``, ``"params"`` or ``"flops"``.
+        max_drop: Accuracy target: the largest acceptable drop, in the metric's units (>= 0).
+        param_reduction: Params target: fraction of parameters to remove, in (0, 1).
+        flops_reduction: FLOPs target: fraction of MACs to remove, in (0, 1).
+        threshold_init: ``T`` of the first round (0: only filters scoring 0 go).
+        lambda_init: The first step of ``T`` (paper 0.005, the authors' code 1.0, ICE's re-run 0.2).
+        max_rollbacks: Rollbacks to one round before it is marked unacceptable.
+        convergence_tol: Relative size change under which a round counts as converged.
+        convergence_rounds: Successive converged acceptable rounds that end the loop.
+        max_rounds: Pruning rounds at most (round 0 not counted).
+        epochs_per_round: Retraining epochs a round; must equal the controller's ``finetune_epochs``.
+        rewind: ``"none"``, ``"lr"`` or ``"weights"`` (above).
+        layer_weighting: ``N_i`` from ``"params"`` or ``"flops"``; default: ``"flops"`` for the FLOPs
+            target, else ``"params"``.
+
+    Example:
+        >>> aap = AdaptiveThresholdRollback(target="accuracy", max_drop=0.01, lambda_init=0.2)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_acc",
+        mode: str = "max",
+        target: str = "accuracy",
+        max_drop: float | None = 0.01,
+        param_reduction: float | None = None,
+        flops_reduction: float | None = None,
+        threshold_init: float = 0.0,
+        lambda_init: float = 0.005,
+        max_rollbacks: int = 3,
+        convergence_tol: float = 0.001,
+        convergence_rounds: int = 3,
+        max_rounds: int = 100,
+        epochs_per_round: int = 1,
+        rewind: str = "lr",
+        layer_weighting: str | None = None,
+    ) -> None:
+        _check(isinstance(monitor, str) and bool(monitor), f"monitor={monitor!r} must be a metric name",
+               "use the name your validation_step logs, e.g. 'val_acc'")
+        _check(mode in ("min", "max"), f"mode={mode!r} is unknown; valid: min, max", "use mode='max' for accuracy")
+        _check(target in TARGETS, f"target={target!r} is unknown; valid: {', '.join(TARGETS)}",
+               "use target='accuracy' with max_drop=0.01, or target='params' with param_reduction=0.5")
+        if target == "accuracy":
+            _check(_is_number(max_drop) and max_drop >= 0, f"max_drop={max_drop!r} must be a finite number >= 0",
+                   "max_drop is in the metric's units: 0.01 is one point of accuracy logged as a fraction")
+        for name, value, own in (("param_reduction", param_reduction, "params"), ("flops_reduction", flops_reduction, "flops")):
+            if target == own:
+                _check(_is_number(value) and 0 < value < 1, f"{name}={value!r} must be in (0, 1) for target={own!r}",
+                       f"use e.g. {name}=0.5 to remove half")
+            else:
+                _check(value is None, f"{name}={value!r} is set but target={target!r}",
+                       f"use target={own!r} to aim at {name}, or leave {name} unset")
+        _check(_is_number(threshold_init), f"threshold_init={threshold_init!r} must be a finite number",
+               "use threshold_init=0.0 (the paper's start)")
+        _check(_is_number(lambda_init) and lambda_init > 0, f"lambda_init={lambda_init!r} must be a finite number > 0",
+               "thresholds are in score units: use a fraction of a typical importance score, e.g. 0.2")
+        _check(_is_int(max_rollbacks) and max_rollbacks >= 0, f"max_rollbacks={max_rollbacks!r} must be an integer >= 0",
+               "use max_rollbacks=3 (the paper's)")
+        _check(_is_number(convergence_tol) and convergence_tol >= 0,
+               f"convergence_tol={convergence_tol!r} must be a finite number >= 0", "use convergence_tol=0.001 (0.1 %)")
+        for name, value in (("convergence_rounds", convergence_rounds), ("max_rounds", max_rounds),
+                            ("epochs_per_round", epochs_per_round)):
+            _check(_is_int(value) and value >= 1, f"{name}={value!r} must be an integer >= 1", f"use e.g. {name}=3")
+        _check(rewind in REWINDS, f"rewind={rewind!r} is unknown; valid: {', '.join(REWINDS)}",
+               "use rewind='lr' (fresh optimizer and schedule each round)")
+        _check(layer_weighting in (None, "params", "flops"),
+               f"layer_weighting={layer_weighting!r} is unknown; valid: params, flops",
+               "use 'params' for size targets, 'flops' for the FLOPs target")
+        self.monitor, self.mode, self.target = monitor, mode, target
+        self.max_drop = float(max_drop) if target == "accuracy" else None
+        self.param_reduction = None if param_reduction is None else float(param_reduction)
+        self.flops_reduction = None if flops_reduction is None else float(flops_reduction)
+        self.threshold_init, self.lambda_init = float(threshold_init), float(lambda_init)
+        self.max_rollbacks, self.convergence_tol = max_rollbacks, float(convergence_tol)
+        self.convergence_rounds, self.max_rounds, self.epochs_per_round = convergence_rounds, max_rounds, epochs_per_round
+        self.rewind = rewind
+        self.layer_weighting = layer_weighting or ("flops" if target == "flops" else "params")
+        self.planner = AdaptiveThresholdPlanner(self)
+        self.last_layer_thresholds: dict[str, float] = {}
+        self._controller: StructuredPruning | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.threshold = self.threshold_init  # T of the next round
+        self.lam = self.lambda_init  # lambda of the next round
+        self.rounds: list[dict[str, Any]] = []
+        self.finished = False
+        self.stop_reason: str | None = None
+        self.final_round: int | None = None
+        self._round = 0  # number of the next round
+        self._stack: list[dict[str, Any]] = []  # acceptable rounds the rule can return to, oldest first
+        self._round0: dict[str, Any] | None = None  # round 0's entry, kept even when marked
+        self._best: dict[str, Any] | None = None  # the best acceptable round so far, kept even when marked
+        self._rollbacks: dict[int, int] = {}
+        self._marked: list[int] = []
+        self._stable = 0
+        self._current: int | None = None  # the round whose snapshot the model equals now
+        self._spatial: dict[str, int] = {}
+        self._schedulers: list[dict[str, Any]] | None = None
+
+    # ------------------------------------------------------------------ identity and state
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, target=self.target)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold, "lam": self.lam, "rounds": [dict(r) for r in self.rounds],
+            "finished": self.finished, "stop_reason": self.stop_reason, "final_round": self.final_round,
+            "round": self._round, "stack": list(self._stack), "round0": self._round0, "best": self._best,
+            "rollbacks": [[k, v] for k, v in self._rollbacks.items()], "marked": list(self._marked),
+            "stable": self._stable, "current": self._current, "spatial": dict(self._spatial),
+            "schedulers": self._schedulers,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.threshold, self.lam = float(state_dict["threshold"]), float(state_dict["lam"])
+        self.rounds = [dict(r) for r in state_dict["rounds"]]
+        self.finished, self.stop_reason = bool(state_dict["finished"]), state_dict["stop_reason"]
+        self.final_round = state_dict["final_round"]
+        self._round = int(state_dict["round"])
+        self._stack = list(state_dict["stack"])
+        self._round0 = state_dict["round0"]
+        self._best = state_dict["best"]
+        self._rollbacks = {int(k): int(v) for k, v in state_dict["rollbacks"]}
+        self._marked = [int(k) for k in state_dict["marked"]]
+        self._stable = int(state_dict["stable"])
+        self._current = state_dict["current"]
+        self._spatial = dict(state_dict["spatial"])
+        self._schedulers = state_dict["schedulers"]
+
+    # ------------------------------------------------------------------ sizes
+    def layer_size(self, layer: LayerInfo) -> float:
+        """``N_i`` of a layer: its group's parameters, or its own MACs per sample."""
+        if self.layer_weighting == "params":
+            return float(getattr(layer, "group_params"))
+        module = getattr(layer, "module")
+        return float(module.weight.numel() * self._spatial.get(layer.name, 1))
+
+    def _size(self, params: int, macs: int) -> int:
+        return macs if self.target == "flops" or (self.target == "accuracy" and self.layer_weighting == "flops") else params
+
+    def _measure_spatial(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        """Output positions (H * W) of every prunable layer: fixed by the input, not by pruning."""
+        modules = dict(pl_module.named_modules())
+        handles = []
+        for name in self.planner.original:
+            def hook(_m: Any, _i: Any, out: Any, name: str = name) -> None:
+                self._spatial[name] = int(out[0, 0].numel()) if isinstance(out, torch.Tensor) and out.dim() > 2 else 1
+            handles.append(modules[name].register_forward_hook(hook))
+        training = pl_module.training
+        try:
+            pl_module.eval()
+            with torch.no_grad():
+                pl_module(controller.example_input(trainer, pl_module))
+        finally:
+            pl_module.train(training)
+            for handle in handles:
+                handle.remove()
+
+    # ------------------------------------------------------------------ Lightning hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        controller = find_controller(trainer, self)
+        _check(controller.monitor == self.monitor and controller.mode == self.mode,
+               f"AdaptiveThresholdRollback watches {self.monitor!r} ({self.mode}) but StructuredPruning measures "
+               f"{controller.monitor!r} ({controller.mode})", "give both the same monitor and mode")
+        _check(controller.finetune_epochs == self.epochs_per_round,
+               f"StructuredPruning.finetune_epochs={controller.finetune_epochs} differs from "
+               f"AdaptiveThresholdRollback.epochs_per_round={self.epochs_per_round}",
+               f"set finetune_epochs={self.epochs_per_round} on StructuredPruning (a round retrains that many epochs)")
+        controller.set_planner(self.planner)
+        self._controller = controller
+
+    # ------------------------------------------------------------------ pruning events
+    @override
+    def on_pruning_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        self._reset()
+        if self.layer_weighting == "flops":
+            self._measure_spatial(trainer, pl_module, controller)
+        report = controller.report
+        size = self._size(report.params_before, report.macs_before)
+        entry = {"round": 0, "threshold": self.threshold_init - self.lambda_init, "lambda": self.lambda_init,
+                 "size": size, "metric": report.metric_before, "snapshot": controller.snapshot(trainer, pl_module)}
+        self._stack, self._round0, self._best, self._current = [entry], entry, entry, 0
+        self._append_round({"round": 0, "threshold": None, "lambda": self.lambda_init, "params": report.params_before,
+                            "macs": report.macs_before, "metric": report.metric_before, "acceptable": True,
+                            "rolled_back_to": None}, controller)
+        self._round = 1
+        self.finished = self.max_rounds < 1
+
+    @override
+    def finetune_decision(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning,
+                          record: StepRecord) -> bool | None:
+        """After the round's prune: apply the rewinding before its retraining (no opinion on fine-tuning)."""
+        if self.rewind == "weights" and self._round0 is not None:
+            self._rewind_weights(trainer, pl_module, controller)
+        elif self.rewind == "none" and self._schedulers is not None:
+            for config, state in zip(trainer.lr_scheduler_configs, self._schedulers):
+                config.scheduler.load_state_dict(state)
+                for group, lr in zip(config.scheduler.optimizer.param_groups, config.scheduler.get_last_lr()):
+                    group["lr"] = lr
+        return None
+
+    def _rewind_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        assert self._round0 is not None
+        now = controller.snapshot(trainer, pl_module, optimizers=False)
+        snapshots.restore(pl_module, self._round0["snapshot"]["model"])
+        structure.replay(pl_module, controller.example_input(trainer, pl_module), controller.history)
+        now["model"] = snapshots.capture(pl_module)
+        controller.restore(trainer, pl_module, now)
+
+    @override
+    def on_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning,
+                    record: StepRecord) -> None:
+        if self._round0 is None or self.finished:
+            return
+        if self.rewind == "none":
+            self._schedulers = [snapshots_to_cpu(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs]
+        r, size = self._round, self._size(record.params, record.macs)
+        entry = {"round": r, "threshold": self.threshold, "lambda": self.lam, "params": record.params,
+                 "macs": record.macs, "metric": record.metric_after_finetune,
+                 "acceptable": self._acceptable(controller, record), "rolled_back_to": None}
+        if entry["acceptable"]:
+            previous = self._stack[-1]["size"] if self._stack else size
+            pruned_any = size < self._round0["size"]
+            converged = pruned_any and abs(previous - size) <= self.convergence_tol * max(previous, 1)
+            self._stable = self._stable + 1 if converged else 0
+            self._stack.append({"round": r, "threshold": self.threshold, "lambda": self.lam, "size": size,
+                                "metric": record.metric_after_finetune,
+                                "snapshot": controller.snapshot(trainer, pl_module)})
+            self._current = r
+            if self._rank(self._stack[-1]) > self._rank(self._best):  # type: ignore[arg-type]
+                self._best = self._stack[-1]
+            self.threshold += self.lam
+            if self._stable >= self.convergence_rounds:
+                self._stop("converged")
+        else:
+            self._stable = 0
+            self._current = None
+            while self._stack and self._rollbacks.get(self._stack[-1]["round"], 0) >= self.max_rollbacks:
+                self._marked.append(self._stack.pop()["round"])
+            if self._stack:
+                k = self._stack[-1]
+                n = self._rollbacks[k["round"]] = self._rollbacks.get(k["round"], 0) + 1
+                controller.restore(trainer, pl_module, k["snapshot"])
+                self._current = k["round"]
+                self.lam = k["lambda"] / 2.0**n
+                self.threshold = k["threshold"] + self.lam
+                entry["rolled_back_to"] = k["round"]
+            else:
+                self._stop("no acceptable round left")
+        self._round += 1
+        self._append_round(entry, controller)
+        info(f"[lightning_prune] AAP round {r}: T {entry['threshold']:.4g}, params {record.params:,}, "
+             f"{self.monitor} {entry['metric'] if entry['metric'] is not None else float('nan'):.4f} -> "
+             f"{'acceptable' if entry['acceptable'] else 'rolled back to round ' + str(entry['rolled_back_to'])}")
+        if not self.finished and r >= self.max_rounds:
+            self._stop("max_rounds")
+
+    @override
+    def on_pruning_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        if self._round0 is None:
+            return
+        self.finished = True
+        if self.stop_reason is None:
+            self.stop_reason = "stopped"
+        best = self._best
+        assert best is not None
+        if self._current != best["round"]:
+            controller.restore(trainer, pl_module, best["snapshot"])
+            self._current = best["round"]
+        self.final_round = best["round"]
+        self._publish(controller)
+        info(f"[lightning_prune] AAP stopped ({self.stop_reason}); final model: round {best['round']}")
+
+    # ------------------------------------------------------------------ the rule
+    def _acceptable(self, controller: StructuredPruning, record: StepRecord) -> bool:
+        report = controller.report
+        if self.target == "accuracy":
+            metric, before = record.metric_after_finetune, report.metric_before
+            if metric is None or before is None or not math.isfinite(metric):
+                return False
+            drop = before - metric if self.mode == "max" else metric - before
+            return drop <= self.max_drop + _EPS  # type: ignore[operator]
+        if self.target == "params":
+            return 1 - record.params / max(report.params_before, 1) <= self.param_reduction + _EPS  # type: ignore[operator]
+        return 1 - record.macs / max(report.macs_before, 1) <= self.flops_reduction + _EPS  # type: ignore[operator]
+
+    def _rank(self, entry: dict[str, Any]) -> tuple[float, float, int]:
+        """Order of acceptable rounds: smaller (= larger reduction), then better metric, then later."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        metric = entry["metric"] if entry["metric"] is not None else -sign * math.inf
+        return (-entry["size"], sign * metric, entry["round"])
+
+    def _stop(self, reason: str) -> None:
+        self.finished, self.stop_reason = True, reason
+
+    def _append_round(self, entry: dict[str, Any], controller: StructuredPruning) -> None:
+        self.rounds.append(entry)
+        self._publish(controller)
+
+    def _publish(self, controller: StructuredPruning) -> None:
+        controller.report.extra["rounds"] = [dict(r) for r in self.rounds]
+        controller.report.extra["aap"] = {
+            "target": self.target, "max_drop": self.max_drop, "param_reduction": self.param_reduction,
+            "flops_reduction": self.flops_reduction, "rewind": self.rewind, "layer_weighting": self.layer_weighting,
+            "stop_reason": self.stop_reason, "final_round": self.final_round, "marked_unacceptable": list(self._marked),
+            "snapshots_kept": len(self._kept()),
+        }
+
+    def snapshot_bytes(self) -> int:
+        """CPU memory held by the kept snapshots (weights and optimizer states)."""
+        return sum(snapshot_nbytes(entry["snapshot"]) for entry in self._kept())
+
+    def _kept(self) -> list[dict[str, Any]]:
+        kept = list(self._stack)
+        for entry in (self._round0, self._best):
+            if entry is not None and all(entry is not other for other in kept):
+                kept.append(entry)
+        return kept
+
+
+def snapshots_to_cpu(value: Any) -> Any:
+    """A deep copy of nested state with tensors on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshots_to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(snapshots_to_cpu(v) for v in value)
+    return value
+
+
+def snapshot_nbytes(value: Any) -> int:
+    """Bytes of all tensors in a (nested) controller snapshot."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(snapshot_nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(snapshot_nbytes(v) for v in value)
+    return 0

@@ -1,0 +1,407 @@
+"""AAP's adaptive threshold with rollback: thresholds, the adaptive rule, exact rollback, targets, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from helpers import LitTiny, make_data, make_trainer
+from lightning_prune import AdaptiveThresholdRollback, PruningConfigError, PruningSatellite, StructuredPruning
+from lightning_prune.callbacks.aap import below_threshold, layer_thresholds
+from lightning_prune.structural import graph as structure
+
+ROUND_KEYS = {"round", "threshold", "lambda", "params", "macs", "metric", "acceptable", "rolled_back_to"}
+
+
+class Scripted(LitTiny):
+    """Every validation run logs the next value of a script; lr 0 keeps the weights (and L1 scores) fixed."""
+
+    def __init__(self, script: list[float], lr: float = 0.0) -> None:
+        super().__init__(lr=lr)
+        self.script = script
+        self.runs = 0
+        with torch.no_grad():  # the L1 score of filter i of every block's conv1 is exactly i
+            for block in (*self.model.layer1, *self.model.layer2):
+                c = block.conv1
+                c.weight.copy_(torch.arange(c.out_channels, dtype=torch.float)[:, None, None, None].expand_as(c.weight)
+                               / c.weight[0].numel())
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_acc", torch.tensor(self.script[min(self.runs, len(self.script) - 1)]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.runs += 1
+
+
+def script(before: float, rounds: list[float]) -> list[float]:
+    """metric_before, then per round (after prune, after retraining), then the unpruned value again."""
+    out = [before]
+    for value in rounds:
+        out += [0.0, value]
+    return out + [before]
+
+
+class Spy(PruningSatellite, Callback):
+    """Copies the model and optimizer state at every round's end (after AAP's decision)."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, Any]] = []
+
+    def on_step_end(self, trainer, pl_module, controller, record) -> None:
+        self.states.append({"model": copy.deepcopy(pl_module.state_dict()),
+                            "optim": copy.deepcopy(trainer.optimizers[0].state_dict())})
+
+
+def fit(module: LitTiny, aap: AdaptiveThresholdRollback, *extra: Callback, importance: str = "l1", **kwargs: Any):
+    pruning = StructuredPruning(importance=importance, finetune_epochs=aap.epochs_per_round, **kwargs)
+    train, val = make_data()
+    trainer = make_trainer([pruning, aap, *extra])
+    trainer.fit(module, train, val)
+    return pruning, trainer
+
+
+def aap(**kwargs: Any) -> AdaptiveThresholdRollback:
+    defaults: dict[str, Any] = dict(max_drop=0.05, lambda_init=1.0, convergence_rounds=100)
+    defaults.update(kwargs)
+    return AdaptiveThresholdRollback(**defaults)
+
+
+def conv1_channels(module: LitTiny) -> list[int]:
+    return [b.conv1.out_channels for b in (*module.model.layer1, *module.model.layer2)]
+
+
+def assert_equal_state(a: Any, b: Any) -> None:
+    if isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_equal_state(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_equal_state(x, y)
+    else:
+        assert a == b
+
+
+# ---------------------------------------------------------------- thresholds
+def test_layer_thresholds_and_the_le_rule() -> None:
+    assert layer_thresholds(3.0, {"a": 1, "b": 2}) == {"a": 1.0, "b": 2.0}
+    assert below_threshold(torch.tensor([1.0, 2.0, 0.5, 2.0]), 1.0) == [0, 2]  # equal to the threshold goes
+    assert below_threshold(torch.tensor([1.0, 1.0]), 1.0) == [1]  # never all: the first best one stays
+
+
+def test_round_thresholds_are_T_times_layer_share_of_parameters() -> None:
+    module = Scripted(script(0.9, [0.9] * 3))
+    adaptive = aap(threshold_init=5.0, lambda_init=1.0, max_rounds=1)
+    pruning, _ = fit(module, adaptive)
+    x = torch.zeros(1, 3, 8, 8)
+    fresh = Scripted([0.0])
+    layers = structure.discover_layers(fresh, structure.build_graph(fresh, x), [structure.default_head(fresh)], False)
+    total = sum(layer.group_params for layer in layers)
+    expected = {layer.name: 5.0 * layer.group_params / total for layer in layers}
+    assert adaptive.last_layer_thresholds == pytest.approx(expected)
+    # filter i scores exactly i: a layer loses every i <= its threshold
+    removed = [math.floor(t) + 1 for t in expected.values()]
+    assert conv1_channels(module) == [8 - removed[0], 8 - removed[1], 16 - removed[2]]
+    assert pruning.report.steps[0].channels_removed == sum(removed)
+
+
+def test_flops_weighting_uses_layer_macs() -> None:
+    module = Scripted(script(0.9, [0.9]))
+    adaptive = aap(threshold_init=2.0, max_rounds=1, layer_weighting="flops")
+    fit(module, adaptive)
+    # layer1 convs: 8x8x9 weights at 8x8 positions; layer2.0.conv1: 16x8x9 at 4x4 (stride 2)
+    macs = {"model.layer1.0.conv1": 576 * 64, "model.layer1.1.conv1": 576 * 64, "model.layer2.0.conv1": 1152 * 16}
+    assert adaptive.last_layer_thresholds == pytest.approx(layer_thresholds(2.0, macs))
+
+
+# ---------------------------------------------------------------- the adaptive rule
+def test_acceptable_raises_T_and_unacceptable_rolls_back_exactly() -> None:
+    # rounds: 1 ok, 2 ok, 3 too low -> back to 2 with lambda/2, 4 ok; max_rounds 4
+    module = Scripted(script(0.90, [0.89, 0.88, 0.70, 0.87]))
+    adaptive = aap(threshold_init=0.0, lambda_init=2.0, max_rounds=4)
+    spy = Spy()
+    pruning, _ = fit(module, adaptive, spy)
+    rounds = pruning.report.extra["rounds"]
+    assert all(set(r) == ROUND_KEYS for r in rounds)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
+    assert [r["acceptable"] for r in rounds] == [True, True, True, False, True]
+    assert [r["rolled_back_to"] for r in rounds] == [None, None, None, 2, None]
+    assert [r["threshold"] for r in rounds] == [None, 0.0, 2.0, 4.0, 3.0]  # T += 2; after rollback T_2 + 2 / 2
+    assert [r["lambda"] for r in rounds] == [2.0, 2.0, 2.0, 2.0, 1.0]
+    # the rollback put back round 2's structure, weights and optimizer state bit for bit
+    assert_equal_state(spy.states[2]["model"], spy.states[1]["model"])
+    assert_equal_state(spy.states[2]["optim"], spy.states[1]["optim"])
+    assert any(s["momentum_buffer"].abs().sum() > 0 for s in spy.states[1]["optim"]["state"].values())
+    assert rounds[3]["params"] < rounds[2]["params"]
+    assert adaptive.stop_reason == "max_rounds"
+
+
+def test_after_max_rollbacks_it_goes_further_back() -> None:
+    # 1 ok; 2 bad -> back to 1 (lambda 1/2); 3 bad -> 1 used up, marked; back to 0 (lambda 1/2); 4 ok
+    module = Scripted(script(0.90, [0.89, 0.5, 0.5, 0.88]))
+    adaptive = aap(threshold_init=0.0, lambda_init=1.0, max_rollbacks=1, max_rounds=4)
+    pruning, _ = fit(module, adaptive)
+    rounds = pruning.report.extra["rounds"]
+    assert [r["rolled_back_to"] for r in rounds] == [None, None, 1, 0, None]
+    assert [r["threshold"] for r in rounds] == [None, 0.0, 1.0, 0.5, -0.5]  # T_0 = init - lambda; T_0 + 1/2
+    assert [r["lambda"] for r in rounds] == [1.0, 1.0, 1.0, 0.5, 0.5]
+    assert pruning.report.extra["aap"]["marked_unacceptable"] == [1]
+    # round 4 (from round 0, T < 0) pruned nothing: round 1, marked by the rule but within the target, is smaller
+    assert rounds[4]["params"] == rounds[0]["params"] > rounds[1]["params"]
+    assert adaptive.final_round == 1 and conv1_channels(module) == [7, 7, 15]
+    # round 1 is not an ancestor of round 4: the report describes round 1's own path and metric
+    assert [s.metric_after_finetune for s in pruning.report.steps] == pytest.approx([0.89])
+    assert pruning.report.totals()["metric_after"] == pytest.approx(0.89)
+    assert pruning.report.totals()["params_after"] == rounds[1]["params"] == structure.count_params(module)
+
+
+def test_no_acceptable_round_left_ends_at_round_0() -> None:
+    module = Scripted(script(0.90, [0.5, 0.5]))
+    unpruned = copy.deepcopy(module.state_dict())
+    adaptive = aap(threshold_init=0.0, lambda_init=1.0, max_rollbacks=1)
+    pruning, _ = fit(module, adaptive)
+    rounds = pruning.report.extra["rounds"]
+    assert [r["rolled_back_to"] for r in rounds] == [None, 0, None]
+    assert adaptive.stop_reason == "no acceptable round left"
+    assert pruning.report.extra["aap"]["marked_unacceptable"] == [0]
+    assert adaptive.final_round == 0
+    assert_equal_state(module.state_dict(), unpruned)
+    totals = pruning.report.totals()
+    assert totals["params_after"] == totals["params_before"] and totals["metric_after"] == pytest.approx(0.90)
+    assert pruning.history == [] and pruning.report.steps == []
+
+
+def test_convergence_stops_and_the_final_model_is_the_best_acceptable_round() -> None:
+    # round 1 prunes filter 0 everywhere; then T = 1e-3 prunes nothing: three unchanged rounds converge.
+    # round 1 has the best metric among the equally small rounds 1-4, so it is put back.
+    module = Scripted(script(0.90, [0.89, 0.86, 0.87, 0.88]))
+    adaptive = aap(threshold_init=0.0, lambda_init=1e-3, convergence_rounds=3, max_rounds=50)
+    spy = Spy()
+    pruning, _ = fit(module, adaptive, spy)
+    rounds = pruning.report.extra["rounds"]
+    assert len(rounds) == 5 and adaptive.stop_reason == "converged"
+    assert len({r["params"] for r in rounds[1:]}) == 1
+    assert adaptive.final_round == 1
+    assert_equal_state(module.state_dict(), spy.states[0]["model"])
+    totals = pruning.report.totals()
+    assert (totals["params_after"], totals["macs_after"], totals["metric_after"]) == (
+        rounds[1]["params"], rounds[1]["macs"], pytest.approx(0.89))
+    assert conv1_channels(module) == [7, 7, 15]
+
+
+def test_never_returns_a_rejected_round() -> None:
+    # the last round is rejected when max_rounds ends the loop: its rollback target (round 1) is the result
+    module = Scripted(script(0.90, [0.89, 0.10]))
+    adaptive = aap(threshold_init=0.0, lambda_init=4.0, max_rounds=2)
+    pruning, _ = fit(module, adaptive)
+    rounds = pruning.report.extra["rounds"]
+    assert [r["acceptable"] for r in rounds] == [True, True, False]
+    assert adaptive.final_round == 1 and pruning.report.totals()["params_after"] == rounds[1]["params"]
+    assert pruning.report.totals()["metric_after"] == pytest.approx(0.89)
+
+
+def test_report_json_holds_the_rounds(tmp_path) -> None:
+    module = Scripted(script(0.90, [0.89, 0.89]))  # equally small and good: the later round wins
+    fit(module, aap(max_rounds=2), output_dir=str(tmp_path))
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [set(r) for r in data["extra"]["rounds"]] == [ROUND_KEYS] * 3
+    assert data["extra"]["aap"]["final_round"] == 2
+
+
+@pytest.mark.parametrize(("target", "key"), [("params", "params"), ("flops", "macs")])
+def test_size_targets_approach_the_reduction_from_below(target: str, key: str) -> None:
+    module = Scripted(script(0.90, [0.5] * 12))  # the metric does not matter for size targets
+    kwargs = {"param_reduction": 0.3} if target == "params" else {"flops_reduction": 0.3}
+    adaptive = aap(target=target, max_drop=None, threshold_init=0.0, lambda_init=8.0, max_rounds=8, **kwargs)
+    pruning, _ = fit(module, adaptive)
+    rounds = pruning.report.extra["rounds"]
+    before = rounds[0][key]
+    for r in rounds:
+        assert r["acceptable"] == (1 - r[key] / before <= 0.3 + 1e-12)
+    assert not all(r["acceptable"] for r in rounds)  # at least one overshoot was rolled back
+    best = max((r for r in rounds if r["acceptable"]), key=lambda r: 1 - r[key] / before)
+    final = pruning.report.totals()["params_after" if key == "params" else "macs_after"]
+    assert final == best[key] and 1 - final / before <= 0.3
+
+
+@pytest.mark.parametrize(("importance", "lambda_init"), [("l1", 30.0), ("attention", 0.5)])
+def test_works_with_importance_criteria(importance: str, lambda_init: float) -> None:
+    torch.manual_seed(0)
+    module = LitTiny()
+    adaptive = AdaptiveThresholdRollback(max_drop=1.0, lambda_init=lambda_init, max_rounds=2)
+    pruning, _ = fit(module, adaptive, importance=importance)
+    rounds = pruning.report.extra["rounds"]
+    assert len(rounds) == 3 and all(r["acceptable"] for r in rounds)
+    assert rounds[2]["params"] < rounds[0]["params"]
+    assert pruning.report.totals()["params_after"] == structure.count_params(module) == rounds[2]["params"]
+
+
+def test_rewind_weights_resets_survivors_to_round_0() -> None:
+    torch.manual_seed(0)
+    module = LitTiny()
+    original = copy.deepcopy(module)
+
+    class Check(PruningSatellite, Callback):
+        equal: list[bool] = []
+
+        def finetune_decision(self, trainer, pl_module, controller, record):
+            reference = copy.deepcopy(original)
+            structure.replay(reference, torch.zeros(1, 3, 8, 8), controller.history)
+            self.equal.append(all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(),
+                                                                   pl_module.state_dict().values())))
+
+    adaptive = AdaptiveThresholdRollback(max_drop=1.0, lambda_init=0.5, max_rounds=2, rewind="weights")
+    fit(module, adaptive, Check())
+    assert Check.equal == [True, True]
+
+
+def test_rewind_none_continues_the_lr_schedule() -> None:
+    class WithScheduler(Scripted):
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
+            return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+
+    lrs: dict[str, list[float]] = {}
+    for rewind in ("none", "lr"):
+        class Lr(PruningSatellite, Callback):
+            def finetune_decision(self, trainer, pl_module, controller, record):
+                lrs.setdefault(rewind, []).append(trainer.optimizers[0].param_groups[0]["lr"])
+
+        fit(WithScheduler(script(0.9, [0.9] * 3)), aap(max_rounds=3, rewind=rewind), Lr())
+    assert lrs == {"none": [1.0, 0.5, 0.25], "lr": [1.0, 1.0, 1.0]}
+
+
+# ---------------------------------------------------------------- state and resume
+class Crash(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            raise RuntimeError("injected crash")
+
+
+def resumable_run(tmp_path, callbacks: list[Callback], ckpt_path: str | None = None):
+    torch.manual_seed(0)
+    module = LitTiny()
+    train, val = make_data()
+    pruning = StructuredPruning(importance="l1", finetune_epochs=1, pretrain_epochs=1)
+    adaptive = AdaptiveThresholdRollback(target="params", max_drop=None, param_reduction=0.4, lambda_init=4.0,
+                                         max_rounds=6)
+    saver = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = make_trainer([pruning, adaptive, *callbacks, saver], enable_checkpointing=True, default_root_dir=tmp_path)
+    trainer.fit(module, train, val, ckpt_path=ckpt_path)
+    return module, pruning, adaptive
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return resumable_run(tmp_path_factory.mktemp("aap_full"), [])
+
+
+def test_crash_then_resume_equals_uninterrupted(tmp_path, uninterrupted) -> None:
+    module, pruning, adaptive = uninterrupted
+    rollbacks = [r["round"] for r in adaptive.rounds if r["rolled_back_to"] is not None]
+    assert rollbacks, adaptive.rounds  # the run exercises a rollback
+    crash_epoch = 1 + rollbacks[0] + 1  # pretrain epoch, then one epoch a round: mid-round after the rollback
+    with pytest.raises(RuntimeError, match="injected crash"):
+        resumable_run(tmp_path, [Crash(crash_epoch)])
+    resumed, resumed_pruning, resumed_adaptive = resumable_run(tmp_path / "r", [], ckpt_path=str(tmp_path / "last.ckpt"))
+    assert_equal_state(resumed.state_dict(), module.state_dict())
+    strip = lambda rounds: [{k: v for k, v in r.items()} for r in rounds]  # noqa: E731
+    assert strip(resumed_adaptive.rounds) == strip(adaptive.rounds)
+    assert resumed_pruning.report.totals()["params_after"] == pruning.report.totals()["params_after"]
+
+
+def test_state_round_trip_and_pickle(tmp_path, uninterrupted) -> None:
+    _, _, adaptive = uninterrupted
+    resumable_run(tmp_path, [])
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"]
+    key = "AdaptiveThresholdRollback{'monitor': 'val_acc', 'target': 'params'}"
+    assert key == adaptive.state_key and key in state
+    fresh = AdaptiveThresholdRollback(target="params", max_drop=None, param_reduction=0.4)
+    fresh.load_state_dict(state[key])
+    # the last checkpoint is written at the last round's validation, before that round's decision
+    assert fresh.rounds == adaptive.rounds[:-1] and len(fresh.rounds) == len(adaptive.rounds) - 1
+    assert_equal_state(fresh.state_dict()["stack"], state[key]["stack"])
+    clone = pickle.loads(pickle.dumps(fresh))
+    assert clone.rounds == fresh.rounds
+    assert_equal_state(clone.state_dict()["stack"], fresh.state_dict()["stack"])
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"monitor": ""}, "monitor"),
+        ({"mode": "up"}, "mode"),
+        ({"target": "latency"}, "target"),
+        ({"max_drop": -0.1}, "max_drop"),
+        ({"max_drop": float("nan")}, "max_drop"),
+        ({"target": "params", "max_drop": None}, "param_reduction"),
+        ({"target": "params", "max_drop": None, "param_reduction": 1.5}, "param_reduction"),
+        ({"target": "flops", "max_drop": None, "flops_reduction": 0.0}, "flops_reduction"),
+        ({"param_reduction": 0.5}, "param_reduction"),
+        ({"threshold_init": float("inf")}, "threshold_init"),
+        ({"lambda_init": 0.0}, "lambda_init"),
+        ({"max_rollbacks": -1}, "max_rollbacks"),
+        ({"max_rollbacks": 1.5}, "max_rollbacks"),
+        ({"convergence_tol": -1.0}, "convergence_tol"),
+        ({"convergence_rounds": 0}, "convergence_rounds"),
+        ({"max_rounds": True}, "max_rounds"),
+        ({"epochs_per_round": 0}, "epochs_per_round"),
+        ({"rewind": "epoch"}, "rewind"),
+        ({"layer_weighting": "latency"}, "layer_weighting"),
+    ],
+)
+def test_bad_arguments_raise_with_a_hint(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(PruningConfigError, match=match) as info:
+        AdaptiveThresholdRollback(**kwargs)
+    assert "HINT:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("controller", "adaptive", "match"),
+    [
+        ({"finetune_epochs": 2}, {}, "finetune_epochs"),
+        ({"monitor": "val_loss", "mode": "min"}, {}, "watches 'val_acc'"),
+    ],
+)
+def test_bad_setups_raise_with_a_hint(controller: dict[str, Any], adaptive: dict[str, Any], match: str) -> None:
+    train, val = make_data()
+    trainer = make_trainer([StructuredPruning(**controller), AdaptiveThresholdRollback(**adaptive)])
+    with pytest.raises(PruningConfigError, match=match) as info:
+        trainer.fit(LitTiny(), train, val)
+    assert "HINT:" in str(info.value)
+
+
+# ---------------------------------------------------------------- the quick start
+def test_quickstart_config_meets_its_accuracy_target(tmp_path) -> None:
+    from pathlib import Path
+
+    from lightning_prune import load_pruned
+    from lightning_prune.cli import main
+    from lightning_prune.models import digits_resnet
+
+    config = Path(__file__).parents[1] / "configs" / "aap_quickstart.yaml"
+    main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
+    report_path = next(tmp_path.rglob("report.json"))
+    data = json.loads(report_path.read_text())
+    totals, rounds, final = data["totals"], data["extra"]["rounds"], data["extra"]["aap"]["final_round"]
+    assert totals["metric_before"] - totals["metric_after"] <= 0.03 + 1e-9
+    assert totals["params_after"] <= 0.5 * totals["params_before"]
+    chosen = next(r for r in rounds if r["round"] == final)
+    assert chosen["acceptable"] and (chosen["params"], chosen["macs"]) == (totals["params_after"], totals["macs_after"])
+    assert chosen["metric"] == pytest.approx(totals["metric_after"])
+    net = load_pruned(report_path.parent / "pruned_model.pt", digits_resnet())
+    assert sum(p.numel() for p in net.parameters()) == totals["params_after"]
