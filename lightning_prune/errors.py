@@ -18,3 +18,9 @@ class PruningConfigError(ValueError):
     def __init__(self, message: str, hint: str) -> None:
         super().__init__(f"{message.rstrip('.')}. HINT: {hint}")
         self.hint = hint
+
+
+def check(ok: bool, message: str, hint: str) -> None:
+    """Raise :class:`PruningConfigError` with ``message`` and ``hint`` unless ``ok``."""
+    if not ok:
+        raise PruningConfigError(message, hint=hint)

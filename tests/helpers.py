@@ -105,6 +105,18 @@ def make_data(n: int = 64, batch_size: int = 16, seed: int = 0, size: int = 8) -
     return DataLoader(ds, batch_size=batch_size), DataLoader(ds, batch_size=batch_size)
 
 
+class Crash(L.Callback):
+    """Raise at the second training batch of ``epoch`` (after the controllers' epoch-start work)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            raise RuntimeError("injected crash")
+
+
 def make_trainer(callbacks: list, **kwargs: Any) -> L.Trainer:
     """A fast, quiet CPU Trainer."""
     defaults: dict[str, Any] = dict(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from helpers import LitTiny, make_data, make_trainer
+from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning_prune import AdaptiveThresholdRollback, PruningConfigError, PruningSatellite, StructuredPruning
 from lightning_prune.callbacks.aap import below_threshold, layer_thresholds
 from lightning_prune.structural import graph as structure
@@ -282,14 +282,6 @@ def test_rewind_none_continues_the_lr_schedule() -> None:
 
 
 # ---------------------------------------------------------------- state and resume
-class Crash(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == 1:
-            raise RuntimeError("injected crash")
-
 
 def resumable_run(tmp_path, callbacks: list[Callback], ckpt_path: str | None = None):
     torch.manual_seed(0)

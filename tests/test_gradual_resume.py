@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from helpers import LitTiny, make_data, make_trainer
+from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning_prune.callbacks.distillation import SelfDistillation
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
 from lightning_prune.callbacks.simulated import SimulatedPruning
@@ -25,15 +25,6 @@ class Scripted(LitTiny):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self.log("val_acc", SCRIPT[self.current_epoch])
-
-
-class Crash(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == 1:
-            raise RuntimeError("injected crash")
 
 
 class Run:

@@ -9,20 +9,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from helpers import LitTiny, TinyResNet, make_data, make_trainer
+from helpers import Crash, LitTiny, TinyResNet, make_data, make_trainer
 from lightning_prune import StructuredPruning, load_pruned
 from lightning_prune.structural import graph as structure
-
-
-class Crash(Callback):
-    """Raise at the first training batch of ``epoch`` (after the controller's epoch-start work)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == 1:
-            raise RuntimeError("injected crash")
 
 
 def controller(**kwargs: Any) -> StructuredPruning:

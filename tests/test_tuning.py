@@ -428,7 +428,7 @@ def test_stage_2_writes_the_report_best_params_and_a_config_fit_accepts(tmp_path
 
 def test_cli_tune_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real: settings from the config's tune block, one overridden by a flag."""
-    space = write_yaml(tmp_path / "space.yaml", SPACE)
+    write_yaml(tmp_path / "space.yaml", SPACE)  # the tune block names it
     config = {**tiny_config(), "tune": {"search_space": "space.yaml", "objective": "ice", "n_trials": 3,
                                         "subset_fraction": 0.3, "stage2": False}}
     path = write_yaml(tmp_path / "config.yaml", config)

@@ -20,9 +20,9 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import PruningSatellite, find_controller
+from lightning_prune.callbacks.base import PruningSatellite, check_same_monitor, find_controller
 from lightning_prune.callbacks.structured import StructuredPruning
-from lightning_prune.errors import PruningConfigError
+from lightning_prune.errors import check as _check
 from lightning_prune.schedules import LayerInfo, PruningPlanner, StepPlan
 from lightning_prune.state import StepRecord
 from lightning_prune.structural import graph as structure
@@ -31,11 +31,6 @@ from lightning_prune.structural import snapshot as snapshots
 TARGETS = ("accuracy", "params", "flops")
 REWINDS = ("none", "lr", "weights")
 _EPS = 1e-12
-
-
-def _check(ok: bool, message: str, hint: str) -> None:
-    if not ok:
-        raise PruningConfigError(message, hint=hint)
 
 
 def _is_int(value: Any) -> bool:
@@ -313,9 +308,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         if stage != "fit":
             return
         controller = find_controller(trainer, self)
-        _check(controller.monitor == self.monitor and controller.mode == self.mode,
-               f"AdaptiveThresholdRollback watches {self.monitor!r} ({self.mode}) but StructuredPruning measures "
-               f"{controller.monitor!r} ({controller.mode})", "give both the same monitor and mode")
+        check_same_monitor(self, controller)
         _check(controller.finetune_epochs == self.epochs_per_round,
                f"StructuredPruning.finetune_epochs={controller.finetune_epochs} differs from "
                f"AdaptiveThresholdRollback.epochs_per_round={self.epochs_per_round}",

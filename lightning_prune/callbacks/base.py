@@ -88,6 +88,17 @@ class PruningSatellite:
         in place here with ``controller.restore`` (AAP returns its best acceptable round)."""
 
 
+def check_same_monitor(owner: object, controller: StructuredPruning) -> None:
+    """A satellite that judges the controller's measurements must watch the same metric, same direction."""
+    monitor, mode = getattr(owner, "monitor"), getattr(owner, "mode")
+    if controller.monitor != monitor or controller.mode != mode:
+        raise PruningConfigError(
+            f"{type(owner).__name__} watches {monitor!r} ({mode}) but StructuredPruning measures "
+            f"{controller.monitor!r} ({controller.mode})",
+            hint="give both the same monitor and mode",
+        )
+
+
 def find_controller(trainer: pl.Trainer, owner: object) -> StructuredPruning:
     """The one :class:`StructuredPruning` in ``trainer.callbacks`` (for satellites' ``setup``)."""
     from lightning_prune.callbacks.structured import StructuredPruning

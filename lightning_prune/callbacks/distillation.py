@@ -14,17 +14,13 @@ from typing_extensions import override
 
 from lightning_prune._logging import info
 from lightning_prune.errors import PruningConfigError
+from lightning_prune.errors import check as _check
 from lightning_prune.losses import dg2pf_loss, distillation_kl
 
 __all__ = ["LOSSES", "SelfDistillation"]
 
 LOSSES = ("dg2pf", "hinton")
 _TARGET_KEYS = ("y", "target", "targets", "label", "labels")
-
-
-def _check(ok: bool, message: str, hint: str) -> None:
-    if not ok:
-        raise PruningConfigError(message, hint=hint)
 
 
 def _logits(output: Any, who: str) -> Tensor:

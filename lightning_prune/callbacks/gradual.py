@@ -20,6 +20,7 @@ from typing_extensions import override
 from lightning_prune import evaluation
 from lightning_prune._logging import info
 from lightning_prune.errors import PruningConfigError
+from lightning_prune.errors import check as _check
 from lightning_prune.sparse import save_sparse
 from lightning_prune.structural import masks as M
 
@@ -32,11 +33,6 @@ PHASES = ("pretrain", "prune", "converge", "finetune", "done")
 #: Phase 2 of DG2PF (pruned fine-tuning): SGD, lr 1e-4, momentum 0.9, weight decay 5e-4.
 DEFAULT_FINETUNE_OPTIMIZER: dict[str, Any] = {"name": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4}
 _OPTIMIZER_NAMES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-
-
-def _check(ok: bool, message: str, hint: str) -> None:
-    if not ok:
-        raise PruningConfigError(message, hint=hint)
 
 
 def _is_int(value: Any, minimum: int) -> bool:

@@ -10,22 +10,16 @@ import math
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import PruningSatellite, find_controller
+from lightning_prune.callbacks.base import PruningSatellite, check_same_monitor, find_controller
 from lightning_prune.callbacks.structured import StructuredPruning
-from lightning_prune.errors import PruningConfigError
+from lightning_prune.errors import check as _check
 from lightning_prune.state import StepRecord
 from lightning_prune.structural import graph as structure
-
-
-def _check(ok: bool, message: str, hint: str) -> None:
-    if not ok:
-        raise PruningConfigError(message, hint=hint)
 
 
 def _drop(reference: float, current: float, mode: str) -> float:
@@ -99,9 +93,7 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
         if stage != "fit":
             return
         controller = find_controller(trainer, self)
-        _check(controller.monitor == self.monitor and controller.mode == self.mode,
-               f"ThresholdSkipFineTune watches {self.monitor!r} ({self.mode}) but StructuredPruning measures "
-               f"{controller.monitor!r} ({controller.mode})", "give both the same monitor and mode")
+        check_same_monitor(self, controller)
         if self.eval_batches is not None:
             _check(controller.eval_batches in (None, self.eval_batches),
                    f"eval_batches={self.eval_batches} differs from StructuredPruning's {controller.eval_batches}",

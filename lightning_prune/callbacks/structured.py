@@ -20,6 +20,7 @@ from lightning_prune import artifacts, evaluation
 from lightning_prune._logging import info
 from lightning_prune.callbacks.base import PruningSatellite
 from lightning_prune.errors import PruningConfigError
+from lightning_prune.errors import check as _check
 from lightning_prune.importance import ChannelImportance, calibrate, get_importance
 from lightning_prune.schedules import SCHEDULES, PruningPlanner, make_planner
 from lightning_prune.state import PruningReport, StepRecord
@@ -27,11 +28,6 @@ from lightning_prune.structural import graph as structure
 from lightning_prune.structural import snapshot as snapshots
 
 _PHASES = ("pretrain", "pruning", "final", "done")
-
-
-def _check(ok: bool, message: str, hint: str) -> None:
-    if not ok:
-        raise PruningConfigError(message, hint=hint)
 
 
 def batch_input(batch: Any) -> torch.Tensor:
