@@ -59,7 +59,8 @@ def export_onnx(
 
     Example:
         >>> from lightning_prune.models import cifar_resnet
-        >>> out = export_onnx(cifar_resnet(20), "/tmp/r20.onnx", torch.zeros(1, 3, 32, 32))
+        >>> import os, tempfile
+        >>> out = export_onnx(cifar_resnet(20), os.path.join(tempfile.mkdtemp(), "r20.onnx"), torch.zeros(1, 3, 32, 32))
         >>> out.suffix
         '.onnx'
     """

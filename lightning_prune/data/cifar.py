@@ -47,7 +47,7 @@ class CIFAR10DataModule(SplitDataModule):
         normalization: ``"imagenet"`` or ``"cifar"``.
 
     Example:
-        >>> dm = CIFAR10DataModule(data_dir="/path/to/data", subset_fraction=0.1)  # doctest: +SKIP
+        >>> dm = CIFAR10DataModule(data_dir="data", subset_fraction=0.1)  # doctest: +SKIP
         >>> dm.setup("fit")  # doctest: +SKIP
         >>> next(iter(dm.train_dataloader()))[0].shape  # doctest: +SKIP
         torch.Size([128, 3, 32, 32])

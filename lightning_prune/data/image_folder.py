@@ -71,7 +71,7 @@ class ImageFolderDataModule(SplitDataModule):
         augment: RandomResizedCrop + flip for the training split.
 
     Example:
-        >>> dm = ImageFolderDataModule("/data/tiny-imagenet-200", image_size=64)  # doctest: +SKIP
+        >>> dm = ImageFolderDataModule("tiny-imagenet-200", image_size=64)  # doctest: +SKIP
         >>> dm.num_classes, dm.input_shape  # doctest: +SKIP
         (200, (3, 64, 64))
     """

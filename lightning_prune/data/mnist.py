@@ -41,7 +41,7 @@ class MNISTDataModule(SplitDataModule):
         augment: Random-shift augmentation of the training split.
 
     Example:
-        >>> dm = MNISTDataModule(data_dir="/path/to/data")  # doctest: +SKIP
+        >>> dm = MNISTDataModule(data_dir="data")  # doctest: +SKIP
         >>> dm.setup("fit")  # doctest: +SKIP
         >>> next(iter(dm.val_dataloader()))[0].shape  # doctest: +SKIP
         torch.Size([128, 1, 28, 28])

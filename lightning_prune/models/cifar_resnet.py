@@ -211,8 +211,10 @@ def load_state_dict_file(model: nn.Module, path: str | Path) -> nn.Module:
 
     Example:
         >>> net = cifar_resnet(20)
-        >>> torch.save(net.state_dict(), "/tmp/_r20.pt")
-        >>> load_state_dict_file(cifar_resnet(20), "/tmp/_r20.pt").linear.out_features
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "r20.pt")
+        >>> torch.save(net.state_dict(), path)
+        >>> load_state_dict_file(cifar_resnet(20), path).linear.out_features
         10
     """
     expected = model.state_dict()
