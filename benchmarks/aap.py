@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import run_config  # noqa: E402
+from run import run_plan  # noqa: E402
 
 BASE = Path(__file__).parents[1] / "configs" / "aap_resnet20_cifar10.yaml"
 #: L1 norms of ResNet-20's 3x3 filters are O(1-10) where attention scores are O(0.1-1).
@@ -95,30 +95,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=["accuracy", "size"], help="run only these groups")
     args = parser.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict[str, Any]] = {}
-    jsonl = out / "results.jsonl"
-    if jsonl.exists():  # resume: keep finished runs
-        rows = {r["name"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
-    for group, name, config in plan(set(args.only) if args.only else None, args.max_rounds):
-        if name in rows:
-            continue
-        path = out / "configs" / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        row = run_config(str(path), [f"--data.init_args.subset_fraction={args.subset_fraction}",
-                                     "--trainer.enable_progress_bar=false"], out / "runs")
+    extra = [f"--data.init_args.subset_fraction={args.subset_fraction}", "--trainer.enable_progress_bar=false"]
+
+    def enrich(row: dict[str, Any], name: str) -> None:
         report_path = next((out / "runs" / name).rglob("report.json"), None)
         if report_path is not None:
-            extra = json.loads(report_path.read_text()).get("extra", {})
-            row.update(rounds=extra.get("rounds", []), aap=extra.get("aap", {}))
-        row.update(name=name, group=group, subset_fraction=args.subset_fraction)
-        rows[name] = row
-        with jsonl.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        report(rows, out)
-    report(rows, out)
+            found = json.loads(report_path.read_text()).get("extra", {})
+            row.update(rounds=found.get("rounds", []), aap=found.get("aap", {}))
+        row.update(subset_fraction=args.subset_fraction)
 
+    run_plan(plan(set(args.only) if args.only else None, args.max_rounds), out, extra, report, enrich)
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import run_config  # noqa: E402
+from run import run_plan  # noqa: E402
 
 BASE = Path(__file__).parents[1] / "configs" / "ice_resnet20_cifar10.yaml"
 SATELLITES = {"threshold": "ThresholdSkipFineTune", "freezing": "LayerFreezer", "scheduler": "PruningAwareLR"}
@@ -123,27 +122,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/ice")
     parser.add_argument("--only", nargs="*", choices=["table3", "table2", "fig3"], help="run only these groups")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict[str, Any]] = {}
-    jsonl = out / "results.jsonl"
-    if jsonl.exists():  # resume: keep finished runs
-        rows = {r["name"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
-    for group, name, config in plan(set(args.only) if args.only else None):
-        if name in rows:
-            continue
-        path = out / "configs" / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        row = run_config(str(path), [f"--data.init_args.subset_fraction={args.subset_fraction}",
-                                     "--trainer.enable_progress_bar=false"], out / "runs")
-        row.update(name=name, group=group, subset_fraction=args.subset_fraction)
-        rows[name] = row
-        with jsonl.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        report(rows, out)
-    report(rows, out)
-
+    extra = [f"--data.init_args.subset_fraction={args.subset_fraction}", "--trainer.enable_progress_bar=false"]
+    run_plan(plan(set(args.only) if args.only else None), Path(args.out), extra, report,
+                    enrich=lambda row, _: row.update(subset_fraction=args.subset_fraction))
 
 if __name__ == "__main__":
     main()

@@ -16,10 +16,12 @@ import json
 import platform
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import lightning
 import torch
+import yaml
 
 from lightning_prune import StructuredPruning
 from lightning_prune.cli import make_cli
@@ -45,6 +47,37 @@ def run_config(config: str, extra: list[str], out: Path) -> dict[str, Any]:
         row["steps"] = len(controller.report.steps)
         row["probe_seconds"] = controller.report.extra.get("probe", {}).get("seconds", 0.0)
     return row
+
+
+def run_plan(
+    runs: list[tuple[str, str, dict[str, Any]]],
+    out: Path,
+    extra: list[str],
+    report: Callable[[dict[str, dict[str, Any]], Path], None],
+    enrich: Callable[[dict[str, Any], str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run ``(group, name, config)`` runs, resuming from ``out/results.jsonl``; ``report`` after each run."""
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "results.jsonl"
+    rows: dict[str, dict[str, Any]] = {}
+    if jsonl.exists():  # resume: keep finished runs (the last line of a name wins)
+        rows = {r["name"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
+    for group, name, config in runs:
+        if name in rows:
+            continue
+        path = out / "configs" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        row = run_config(str(path), extra, out / "runs")
+        if enrich is not None:
+            enrich(row, name)
+        row.update(name=name, group=group)
+        rows[name] = row
+        with jsonl.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        report(rows, out)
+    report(rows, out)
+    return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
