@@ -15,7 +15,8 @@ Every run starts from the same pretrained weights and gets the same epoch budget
   vs both, reported as ratios to the plain step.
 
 Each run is tested on the full CIFAR-10 test split (or ``--test-batches`` batches of it). Writes
-``results.jsonl`` (one line per run), ``results.md`` and ``results.png`` to ``--out``.
+``results.jsonl`` (one line per run), ``results.md`` and ``results.png`` to ``--out``. A rerun with the same
+``--out`` resumes: runs already in ``results.jsonl`` are kept and not repeated.
 
 Example (a smoke test; the full benchmark uses ``--subset-fraction 1.0 --epochs 30`` on a GPU):
     LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/dg2pf.py --out /tmp/dg2pf-smoke \
@@ -185,8 +186,9 @@ class Bench:
             L.seed_everything(a.seed, verbose=False)
             module = self.model("adamw", 1e-5, 1e-2)
             timer = StepTimer()
-            callbacks: list[Callback] = [timer, self.gmp(0.9, f"timing_{variant}", save_sparse_model=False),
-                                         SimulatedPruning(simulated)]
+            # max_epochs=1: every timed step is in epoch 0, inside the pruning phase (SimulatedPruning on)
+            pruning = self.gmp(0.9, f"timing_{variant}", save_sparse_model=False, max_epochs=1)
+            callbacks: list[Callback] = [timer, pruning, SimulatedPruning(simulated)]
             if distil:
                 callbacks.append(SelfDistillation())
             trainer = self.trainer(callbacks, f"timing_{variant}", max_epochs=1, limit_train_batches=a.timing_steps + 2,
@@ -283,20 +285,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.pruning_epochs is None:
         args.pruning_epochs = max(1, min(15, args.epochs // 2))
     bench = Bench(args)
-    (bench.out / "results.jsonl").write_text("")
+    jsonl = bench.out / "results.jsonl"
+    if jsonl.exists():  # resume: finished runs are kept and not repeated; delete --out to start over
+        bench.rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    done = {r["name"] for r in bench.rows}
+    if "timing" in args.parts and "timing_plain" not in done:
+        bench.timing()  # first: short, and its ratios need the machine to itself
     if "main" in args.parts:
         for sparsity in args.sparsities:
-            bench.dg2pf(sparsity)
-            bench.oneshot(sparsity)
-            bench.modelpruning(sparsity)
+            for method, run in (("dg2pf", bench.dg2pf), ("oneshot_ft", bench.oneshot),
+                                ("lightning_modelpruning", bench.modelpruning)):
+                if f"{method}_s{sparsity:g}" not in done:
+                    run(sparsity)
     if "ablation" in args.parts:
         if not any(r["name"] == "dg2pf_s0.9" for r in bench.rows):
             bench.dg2pf(0.9, group="ablation")
         for label, kwargs in (("sim0", {"simulated": 0.0}), ("sim0.2", {"simulated": 0.2}),
                               ("alpha0", {"alpha": 0.0}), ("tau4", {"temperature": 4.0})):
-            bench.dg2pf(0.9, group="ablation", name=f"dg2pf_s0.9_{label}", **kwargs)
-    if "timing" in args.parts:
-        bench.timing()
+            if f"dg2pf_s0.9_{label}" not in done:
+                bench.dg2pf(0.9, group="ablation", name=f"dg2pf_s0.9_{label}", **kwargs)
     (bench.out / "results.md").write_text(bench.markdown())
     plot = bench.plot()
     print(bench.markdown())
