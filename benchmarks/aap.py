@@ -1,17 +1,24 @@
-"""AAP on pretrained ResNet-20 / CIFAR-10: the three targets, attention vs L1 (the paper's ILP comparison).
+"""AAP on pretrained CIFAR ResNet-20 (and ResNet-32) / CIFAR-10: the paper's Tables 3 and 4, and the targets.
 
-Runs, from configs/aap_resnet20_cifar10.yaml (one retraining epoch a round at lr 1e-3, lambda 0.2):
+Groups of runs, from configs/aap_resnet20_cifar10.yaml (one retraining epoch a round at lr 1e-3, lambda 0.2):
 
-1. accuracy target, 1 point: attention (AAP) vs L1 (weight-magnitude thresholds, as the paper's ILP
-   comparison: lambda scaled to L1's score range);
-2. parameter target 50 % and FLOPs target 50 % with attention.
+* ``oneshot`` (Table 3): one-shot pruning of ``ONESHOT_RATIO`` of every prunable conv's filters (about
+  58 % of the parameters, the paper's 57.73 %), no fine-tuning, ranked by attention mean p = 1, 2, 4,
+  attention sum, attention max, L1 and random; on ResNet-20 and ResNet-32;
+* ``accuracy`` (the accuracy-target run): a 1-point budget, attention (AAP) and L1 thresholds (lambda
+  scaled to L1's score range);
+* ``size``: parameter target 50 % and FLOPs target 50 % with attention; the parameter-target run is
+  the adaptive row of Table 4;
+* ``fixed`` (Table 4): fixed-rate iterative attention (IAP) and L1 (ILP) pruning, 5 % of the filters a
+  round as in the paper, to the parameter reduction the adaptive run reached, with the same epoch
+  budget (one epoch a round, the remainder as final fine-tuning). Needs the ``size`` group's run.
 
 Each retraining epoch sees a seeded ``--subset-fraction`` of the training split; measurements use the
-same fraction of the validation split; the final model is tested on the full test split. Results:
-``results.jsonl`` (with every run's ``rounds``) and ``results.md`` in ``--out``.
+same fraction of the validation split; every final model is tested on the full test split. Results:
+``results.jsonl`` (with every run's ``rounds``) and ``results.md`` in ``--out``; a rerun resumes.
 
 Example:
-    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/aap.py --subset-fraction 0.2 --out benchmarks/results/aap
+    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/aap.py --subset-fraction 0.1 --out benchmarks/results/aap
     # smoke test on a tiny subset:
     LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/aap.py --subset-fraction 0.01 --max-rounds 2 --only accuracy
 """
@@ -21,11 +28,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+
+from lightning_prune.models import create_model
+from lightning_prune.structural import graph as structure
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import run_plan  # noqa: E402
@@ -33,6 +45,21 @@ from run import run_plan  # noqa: E402
 BASE = Path(__file__).parents[1] / "configs" / "aap_resnet20_cifar10.yaml"
 #: L1 norms of ResNet-20's 3x3 filters are O(1-10) where attention scores are O(0.1-1).
 L1_LAMBDA_SCALE = 10.0
+#: Fraction of every prunable conv's filters removed in the one-shot runs: 58 % of ResNet-20's parameters.
+ONESHOT_RATIO = 0.57
+#: Filters removed per round by the fixed-rate runs (the paper's IAP / ILP rate).
+FIXED_RATE = 0.05
+MODELS = {"resnet20": ("cifar_resnet20", "weights/resnet20-12fca82f.th"),
+          "resnet32": ("cifar_resnet32", "weights/resnet32-d509ac18.th")}
+CRITERIA = {  # Table 3's rows: (importance, importance_kwargs)
+    "attention_mean_p1": ("attention", {"reduction": "mean", "p": 1.0}),
+    "attention_mean_p2": ("attention", {"reduction": "mean", "p": 2.0}),
+    "attention_mean_p4": ("attention", {"reduction": "mean", "p": 4.0}),
+    "attention_sum_p1": ("attention", {"reduction": "sum", "p": 1.0}),
+    "attention_max_p1": ("attention", {"reduction": "max", "p": 1.0}),
+    "l1": ("l1", {}),
+    "random": ("random", {}),
+}
 
 
 def variant(base: dict[str, Any], importance: str = "attention", target: str = "accuracy", level: float = 0.01,
@@ -58,53 +85,174 @@ def variant(base: dict[str, Any], importance: str = "attention", target: str = "
     return config
 
 
+def uniform(base: dict[str, Any], importance: str, importance_kwargs: dict[str, Any], ratio: float, steps: int,
+            final_epochs: int, model: str = "resnet20") -> dict[str, Any]:
+    """The base config with StructuredPruning alone: ``steps`` uniform local steps to ``ratio`` of the filters."""
+    config = copy.deepcopy(base)
+    controller = config["trainer"]["callbacks"][0]
+    controller["init_args"].update(
+        importance=importance, importance_kwargs=importance_kwargs or None, schedule="uniform", scope="local",
+        pruning_ratio=ratio, steps=steps, finetune_epochs=1 if steps > 1 or final_epochs else 0,
+        final_finetune_epochs=final_epochs)
+    config["trainer"]["callbacks"] = [controller]
+    config["model"]["init_args"]["model"], config["model"]["init_args"]["weights"] = MODELS[model]
+    return config
+
+
+def param_reduction(model: str, ratio: float) -> float:
+    """Fraction of the parameters a uniform local removal of ``ratio`` of the filters takes away."""
+    network = create_model(MODELS[model][0], num_classes=10)
+    graph = structure.build_graph(network, torch.randn(1, 3, 32, 32))
+    removed = sum(layer.group_params / layer.channels * math.ceil(ratio * layer.channels - 1e-9)
+                  for layer in structure.discover_layers(network, graph))
+    return removed / structure.count_params(network)
+
+
+def matching_ratio(model: str, reduction: float) -> float:
+    """The uniform filter ratio whose parameter reduction is closest to ``reduction``."""
+    candidates = [i / 400 for i in range(1, 400)]
+    return min(candidates, key=lambda r: abs(param_reduction(model, r) - reduction))
+
+
 def plan(only: set[str] | None, max_rounds: int | None) -> list[tuple[str, str, dict[str, Any]]]:
-    """(group, name, config) for every run."""
+    """(group, name, config) for every run that needs no other run's result."""
     base = yaml.safe_load(BASE.read_text())
     runs = [
+        ("oneshot", f"oneshot_{model}_{name}", uniform(base, importance, kwargs, ONESHOT_RATIO, 1, 0, model))
+        for model in MODELS for name, (importance, kwargs) in CRITERIA.items()
+    ]
+    runs += [
         ("accuracy", "attention_acc1", variant(base, "attention", "accuracy", 0.01, max_rounds)),
-        ("accuracy", "l1_acc1", variant(base, "l1", "accuracy", 0.01, max_rounds)),
         ("size", "attention_params50", variant(base, "attention", "params", 0.5, max_rounds)),
+        ("accuracy", "l1_acc1", variant(base, "l1", "accuracy", 0.01, max_rounds)),
         ("size", "attention_flops50", variant(base, "attention", "flops", 0.5, max_rounds)),
     ]
     return [r for r in runs if only is None or r[0] in only]
 
 
+def fixed_rate_plan(adaptive: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Table 4's IAP and ILP runs, matched to the adaptive run's parameter reduction and epoch budget."""
+    base = yaml.safe_load(BASE.read_text())
+    reduction = 1 - adaptive["params_after"] / adaptive["params_before"]
+    epochs = len(adaptive["rounds"]) - 1  # every round, rolled back or not, trained one epoch
+    ratio = matching_ratio("resnet20", reduction)
+    steps = max(1, min(epochs, round(ratio / FIXED_RATE)))
+    return [("fixed", f"{name}_fixed", uniform(base, importance, kwargs, ratio, steps, epochs - steps))
+            for name, (importance, kwargs) in (("iap", CRITERIA["attention_mean_p1"]), ("ilp", CRITERIA["l1"]))]
+
+
+def dense_test_accuracy(config: dict[str, Any]) -> float:
+    """Test accuracy of the config's unpruned model (the "before" of Table 3)."""
+    import lightning as L
+
+    from lightning_prune import CIFAR10DataModule, ImageClassifier
+
+    module = ImageClassifier(**config["model"]["init_args"])
+    data = CIFAR10DataModule(**config["data"]["init_args"])
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    return float(trainer.test(module, datamodule=data, verbose=False)[0]["test_acc"])
+
+
+def _pct(before: int, after: int) -> str:
+    return f"{100 * (1 - after / before):.1f} %"
+
+
+def _test(row: dict[str, Any]) -> str:
+    test = row.get("test", {}).get("test_acc")
+    return "-" if test is None else f"{100 * test:.2f}"
+
+
 def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
-    """A markdown table of the runs."""
-    lines = ["| run | test acc | val drop (points) | params removed | MACs removed | rounds | final round | stop | s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        test = r.get("test", {}).get("test_acc")
-        drop = None if r.get("metric_after") is None else 100 * (r["metric_before"] - r["metric_after"])
-        aap = r.get("aap", {})
-        lines.append(
-            f"| {name} | {'-' if test is None else f'{100 * test:.2f}'} | {'-' if drop is None else f'{drop:.2f}'} | "
-            f"{100 * (1 - r['params_after'] / r['params_before']):.1f} % | "
-            f"{100 * (1 - r['macs_after'] / r['macs_before']):.1f} % | {len(r.get('rounds', [])) - 1} | "
-            f"{aap.get('final_round')} | {aap.get('stop_reason')} | {r['seconds_total']:.0f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    """``results.md``: one table per group."""
+    lines = ["# AAP benchmark: pretrained CIFAR ResNets on CIFAR-10", ""]
+    first = next(iter(rows.values()), {})
+    lines += [f"subset_fraction {first.get('subset_fraction')}, {first.get('threads')} CPU threads, "
+              f"torch {first.get('torch')}; test accuracy on the full CIFAR-10 test split.", ""]
+    oneshot = {n: r for n, r in rows.items() if r["group"] == "oneshot"}
+    if oneshot:
+        lines += ["## Table 3 analogue: one-shot, no fine-tuning", "",
+                  "| model | criterion | test acc before | test acc after | drop (points) | params removed | MACs removed |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in oneshot.items():
+            model, criterion = name.removeprefix("oneshot_").split("_", 1)
+            before = r.get("test_before")
+            after = r.get("test", {}).get("test_acc")
+            drop = "-" if before is None or after is None else f"{100 * (before - after):.2f}"
+            lines.append(f"| {model} | {criterion} | {'-' if before is None else f'{100 * before:.2f}'} | {_test(r)} "
+                         f"| {drop} | {_pct(r['params_before'], r['params_after'])} "
+                         f"| {_pct(r['macs_before'], r['macs_after'])} |")
+        lines.append("")
+    adaptive = {n: r for n, r in rows.items() if r["group"] in ("accuracy", "size")}
+    if adaptive:
+        lines += ["## Adaptive runs (accuracy, parameter and FLOPs targets)", "",
+                  "| run | test acc | val drop (points) | params removed | MACs removed | rounds | rolled back "
+                  "| final round | stop | s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in adaptive.items():
+            drop = None if r.get("metric_after") is None else 100 * (r["metric_before"] - r["metric_after"])
+            aap, rounds = r.get("aap", {}), r.get("rounds", [])
+            rollbacks = sum(1 for x in rounds if x.get("rolled_back_to") is not None)
+            lines.append(
+                f"| {name} | {_test(r)} | {'-' if drop is None else f'{drop:.2f}'} "
+                f"| {_pct(r['params_before'], r['params_after'])} | {_pct(r['macs_before'], r['macs_after'])} "
+                f"| {len(rounds) - 1} | {rollbacks} | {aap.get('final_round')} | {aap.get('stop_reason')} "
+                f"| {r['seconds_total']:.0f} |")
+        lines.append("")
+    table4 = [("adaptive (AAP)", rows.get("attention_params50"))]
+    table4 += [(label, rows.get(f"{key}_fixed")) for key, label in (("iap", "IAP (fixed rate)"), ("ilp", "ILP (fixed rate)"))]
+    table4 = [(label, r) for label, r in table4 if r is not None]
+    if len(table4) > 1:
+        lines += ["## Table 4 analogue: adaptive vs fixed-rate iterative pruning, same epoch budget", "",
+                  "| method | test acc | params removed | MACs removed | pruning rounds | epochs | s |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, r in table4:
+            if r["group"] == "fixed":
+                rounds, epochs = r["steps"], r["steps"] + r.get("final_epochs", 0)
+            else:
+                rounds = epochs = len(r.get("rounds", [])) - 1
+            lines.append(f"| {label} | {_test(r)} | {_pct(r['params_before'], r['params_after'])} "
+                         f"| {_pct(r['macs_before'], r['macs_after'])} | {rounds} | {epochs} "
+                         f"| {r['seconds_total']:.0f} |")
+        lines.append("")
+    (out / "results.md").write_text("\n".join(lines))
 
 
 def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset-fraction", type=float, default=0.2)
+    parser.add_argument("--subset-fraction", type=float, default=0.1)
     parser.add_argument("--max-rounds", type=int, default=None, help="override max_rounds (smoke tests)")
     parser.add_argument("--out", default="benchmarks/results/aap")
-    parser.add_argument("--only", nargs="*", choices=["accuracy", "size"], help="run only these groups")
+    parser.add_argument("--only", nargs="*", choices=["oneshot", "accuracy", "size", "fixed"],
+                        help="run only these groups")
     args = parser.parse_args()
     out = Path(args.out)
+    only = set(args.only) if args.only else None
     extra = [f"--data.init_args.subset_fraction={args.subset_fraction}", "--trainer.enable_progress_bar=false"]
+
+    dense: dict[str, float] = {}
 
     def enrich(row: dict[str, Any], name: str) -> None:
         report_path = next((out / "runs" / name).rglob("report.json"), None)
         if report_path is not None:
-            found = json.loads(report_path.read_text()).get("extra", {})
-            row.update(rounds=found.get("rounds", []), aap=found.get("aap", {}))
-        row.update(subset_fraction=args.subset_fraction)
+            found = json.loads(report_path.read_text())
+            row.update(rounds=found.get("extra", {}).get("rounds", []), aap=found.get("extra", {}).get("aap", {}))
+        config = yaml.safe_load((out / "configs" / f"{name}.yaml").read_text())
+        if name.startswith("oneshot_"):
+            model = config["model"]["init_args"]["model"]
+            if model not in dense:
+                dense[model] = dense_test_accuracy(config)
+            row["test_before"] = dense[model]
+        row.update(subset_fraction=args.subset_fraction,
+                   final_epochs=config["trainer"]["callbacks"][0]["init_args"].get("final_finetune_epochs", 0))
 
-    run_plan(plan(set(args.only) if args.only else None, args.max_rounds), out, extra, report, enrich)
+    runs = plan(only, args.max_rounds)
+    split = next((i + 1 for i, run in enumerate(runs) if run[1] == "attention_params50"), len(runs))
+    rows = run_plan(runs[:split], out, extra, report, enrich)  # up to Table 4's adaptive run
+    if (only is None or "fixed" in only) and "attention_params50" in rows:
+        rows = run_plan(fixed_rate_plan(rows["attention_params50"]), out, extra, report, enrich)
+    run_plan(runs[split:], out, extra, report, enrich)
+
 
 if __name__ == "__main__":
     main()
