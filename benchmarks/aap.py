@@ -215,6 +215,48 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
                          f"| {r['seconds_total']:.0f} |")
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
+    plot(rows, out)
+
+
+def plot(rows: dict[str, dict[str, Any]], out: Path) -> None:
+    """``results.png``: Table 3's accuracies, the accuracy-target run's rounds, Table 4's accuracies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for offset, model in enumerate(MODELS):
+        found = [(c, rows[f"oneshot_{model}_{c}"]["test"].get("test_acc", 0.0)) for c in CRITERIA
+                 if f"oneshot_{model}_{c}" in rows]
+        if found:
+            axes[0].bar([i + 0.4 * offset for i in range(len(found))], [100 * a for _, a in found], width=0.4,
+                        label=model)
+            axes[0].set_xticks(range(len(found)), [c for c, _ in found], rotation=35, ha="right")
+    axes[0].set(ylabel="test accuracy (%)", title=f"one-shot, {100 * ONESHOT_RATIO:.0f} % of filters, no fine-tuning")
+    axes[0].legend()
+    for name in ("attention_acc1", "l1_acc1"):
+        rounds = rows.get(name, {}).get("rounds", [])
+        if len(rounds) > 1:
+            params0 = rounds[0]["params"]
+            axes[1].plot([r["round"] for r in rounds], [100 * (1 - r["params"] / params0) for r in rounds],
+                         marker="o", label=f"{name}: params removed (%)")
+            axes[1].plot([r["round"] for r in rounds], [100 * r["metric"] for r in rounds], marker="x",
+                         linestyle="--", label=f"{name}: val acc (%)")
+            rejected = [r for r in rounds if not r["acceptable"]]
+            axes[1].scatter([r["round"] for r in rejected], [100 * r["metric"] for r in rejected], color="red",
+                            zorder=3)
+    axes[1].set(xlabel="round (red: rejected, rolled back)", title="accuracy target, 1 point")
+    if axes[1].lines:
+        axes[1].legend(fontsize=7)
+    table4 = [(label, rows[name]) for label, name in (("AAP", "attention_params50"), ("IAP", "iap_fixed"),
+                                                      ("ILP", "ilp_fixed")) if name in rows]
+    if table4:
+        axes[2].bar([label for label, _ in table4], [100 * r["test"].get("test_acc", 0.0) for _, r in table4])
+    axes[2].set(ylabel="test accuracy (%)", title="same parameter reduction and epoch budget")
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
