@@ -101,19 +101,22 @@ def uniform(base: dict[str, Any], importance: str, importance_kwargs: dict[str, 
     return config
 
 
-def param_reduction(model: str, ratio: float) -> float:
-    """Fraction of the parameters a uniform local removal of ``ratio`` of the filters takes away."""
-    network = create_model(MODELS[model][0], num_classes=10)
-    graph = structure.build_graph(network, torch.randn(1, 3, 32, 32))
-    removed = sum(layer.group_params / layer.channels * math.ceil(ratio * layer.channels - 1e-9)
-                  for layer in structure.discover_layers(network, graph))
-    return removed / structure.count_params(network)
-
-
 def matching_ratio(model: str, reduction: float) -> float:
-    """The uniform filter ratio whose parameter reduction is closest to ``reduction``."""
+    """The uniform filter ratio whose parameter reduction is closest to ``reduction``.
+
+    The network is traced once; each candidate ratio's reduction is then summed from the layers'
+    parameters per filter.
+    """
+    network = create_model(MODELS[model][0], num_classes=10)
+    layers = structure.discover_layers(network, structure.build_graph(network, torch.randn(1, 3, 32, 32)))
+    total = structure.count_params(network)
+
+    def removed_fraction(ratio: float) -> float:
+        return sum(layer.group_params / layer.channels * math.ceil(ratio * layer.channels - 1e-9)
+                   for layer in layers) / total
+
     candidates = [i / 400 for i in range(1, 400)]
-    return min(candidates, key=lambda r: abs(param_reduction(model, r) - reduction))
+    return min(candidates, key=lambda r: abs(removed_fraction(r) - reduction))
 
 
 def oneshot_name(ratio: float, model: str, criterion: str) -> str:
