@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
+import struct
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -246,6 +249,170 @@ def test_cifar_torchvision_pickle_format(tmp_path: Path) -> None:
     assert torch.allclose(x, expected, atol=1e-6)
 
 
+class _Py2Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+    """Pickles like Python 2's cPickle wrote torchvision's CIFAR-10 batches: protocol 2, every str and
+    bytes a Python 2 byte string (``BINSTRING``), numpy's array reconstruction as ``numpy.core``."""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def _save_py2_string(self, obj: str | bytes) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_py2_string
+    dispatch[bytes] = _save_py2_string
+
+
+def _py2_pickle(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Py2Pickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")  # numpy 1's name
+
+
+def _write_genuine_cifar_batches(folder: Path, per_batch: int = 3) -> tuple[np.ndarray, list[int]]:
+    """A cifar-10-batches-py folder laid out and pickled as the original (Python 2) files are."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    chw = rng.integers(0, 256, size=(6 * per_batch, 3, 32, 32), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, size=6 * per_batch)]
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for i, name in enumerate(names):
+        rows = slice(i * per_batch, (i + 1) * per_batch)
+        entry = {"batch_label": f"batch {i + 1} of 6", "labels": labels[rows],
+                 "data": chw[rows].reshape(per_batch, 3072), "filenames": [f"img_{j}.png" for j in range(per_batch)]}
+        (folder / name).write_bytes(_py2_pickle(entry))
+    return chw, labels
+
+
+class _RunsCode:
+    """Unpickling this runs ``function(*args)``: the classic pickle payload."""
+
+    def __init__(self, function: Any, *args: Any) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.function, self.args
+
+
+def _payloads(marker: Path) -> dict[str, tuple[str, _RunsCode]]:
+    """Payloads that create ``marker`` when unpickled, with the global each names (as protocol 4 writes it)."""
+    return {
+        "system": (f"{os.system.__module__}.system", _RunsCode(os.system, f"touch '{marker}'")),
+        "exec": ("builtins.exec", _RunsCode(exec, f"open({str(marker)!r}, 'w').close()")),
+    }
+
+
+def test_cifar_genuine_python2_batches_load(tmp_path: Path) -> None:
+    """The original files' format: protocol-2 pickles of Python 2 strings and numpy.core arrays."""
+    chw, labels = _write_genuine_cifar_batches(tmp_path / "cifar-10-batches-py", per_batch=3)
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), val_fraction=0.2, augment=False, normalization="cifar")
+    dm.setup()
+    assert _sizes(dm) == (12, 3, 3)
+    pool = dm.train_dataset.dataset  # the 15 training images, unshuffled, in file order
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+    for index in (0, 7, 14):
+        x, y = pool[index]
+        assert torch.allclose(x, (torch.from_numpy(chw[index]).float() / 255 - mean) / std, atol=1e-6)
+        assert int(y) == labels[index]
+    test_labels = [int(dm.test_dataset[i][1]) for i in range(3)]
+    assert test_labels == labels[15:18]
+
+
+@pytest.mark.parametrize("kind", ["system", "exec"])
+@pytest.mark.parametrize("nested", [False, True], ids=["whole-file", "inside-the-dict"])
+def test_tampered_cifar_batch_is_refused_and_its_payload_never_runs(
+    tmp_path: Path, kind: str, nested: bool
+) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_genuine_cifar_batches(folder)
+    marker = tmp_path / "payload_ran"
+    refused, payload = _payloads(marker)[kind]
+    genuine = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="latin1")
+    tampered = pickle.dumps({**genuine, "labels": payload} if nested else payload, protocol=4)
+    (folder / "data_batch_1").write_bytes(tampered)
+
+    dm = CIFAR10DataModule(data_dir=str(tmp_path))
+    with pytest.raises(PruningConfigError) as error:
+        dm.setup()
+    message = str(error.value)
+    assert str(folder / "data_batch_1") in message
+    assert f"names the global {refused}" in message
+    assert error.value.hint and "cifar-10-batches-py" in error.value.hint
+    assert not marker.exists()  # the payload never ran
+    assert dm.train_dataset is None
+
+    pickle.loads(tampered)  # control: plain pickle WOULD have run it, so the check above can fail
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (_py2_pickle([1, 2, 3]), "holds a list of 3 items, not a dict with 'data'"),
+    (_py2_pickle({"data": np.zeros((2, 3072), np.uint8)}), "holds a dict with keys ['data'], not a dict"),
+    (_py2_pickle({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}), "'data' is an array of shape (2, 100)"),
+    (_py2_pickle({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}), "the labels are a list of 1 items, not 2"),
+    (_py2_pickle({"data": np.zeros((2, 3072), np.uint8), "labels": ["a", "b"]}), "not 2 integers"),
+    (b"\x80\x02}q\x00(U\x04data", "could not be read as a CIFAR-10 batch"),  # truncated
+    (b"not a pickle at all", "could not be read as a CIFAR-10 batch"),
+])
+def test_malformed_cifar_batch_names_the_file(tmp_path: Path, content: bytes, expected: str) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_genuine_cifar_batches(folder)
+    (folder / "test_batch").write_bytes(content)
+    dm = CIFAR10DataModule(data_dir=str(tmp_path))
+    with pytest.raises(PruningConfigError, match="HINT") as error:
+        dm.setup()
+    assert str(folder / "test_batch") in str(error.value) and expected in str(error.value)
+
+
+def _write_npz_pair(folder: Path, x_train: np.ndarray, x_test: np.ndarray, payload: Any = None) -> None:
+    folder.mkdir(parents=True)
+    y_train = np.arange(len(x_train)) % 10
+    if payload is not None:  # an object array: numpy pickles its items into the archive
+        y_train = np.array([payload] * len(x_train), dtype=object)
+    np.savez(folder / "train.npz", x=x_train, y=y_train)
+    np.savez(folder / "test.npz", x=x_test, y=np.arange(len(x_test)) % 10)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_npz_with_a_pickled_payload_is_refused_and_never_runs(tmp_path: Path, dataset: str) -> None:
+    marker = tmp_path / "payload_ran"
+    shape = (32, 32, 3) if dataset == "cifar10" else (28, 28)
+    images = np.zeros((4, *shape), np.uint8)
+    _write_npz_pair(tmp_path / dataset, images, images, payload=_payloads(marker)["exec"][1])
+    module = CIFAR10DataModule if dataset == "cifar10" else MNISTDataModule
+    dm = module(data_dir=str(tmp_path))
+    with pytest.raises(PruningConfigError) as error:
+        dm.setup()
+    assert str(tmp_path / dataset / "train.npz") in str(error.value) and "allow_pickle" in str(error.value)
+    assert error.value.hint
+    assert not marker.exists()
+    np.load(tmp_path / dataset / "train.npz", allow_pickle=True)["y"]  # control: the payload is live
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_npz_layout_loads_and_bad_keys_are_refused(tmp_path: Path, dataset: str) -> None:
+    shape = (32, 32, 3) if dataset == "cifar10" else (28, 28)
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (10, *shape), dtype=np.uint8)
+    _write_npz_pair(tmp_path / "good" / dataset, train, train[:4])
+    module = CIFAR10DataModule if dataset == "cifar10" else MNISTDataModule
+    dm = module(data_dir=str(tmp_path / "good"), val_fraction=0.2, augment=False)
+    dm.setup()
+    assert _sizes(dm) == (8, 2, 4)
+    (tmp_path / "bad" / dataset).mkdir(parents=True)
+    np.savez(tmp_path / "bad" / dataset / "train.npz", images=train, y=np.zeros(10, np.int64))
+    np.savez(tmp_path / "bad" / dataset / "test.npz", x=train[:4], y=np.zeros(4, np.int64))
+    with pytest.raises(PruningConfigError, match=r"lacks the key\(s\) \['x'\]") as error:
+        module(data_dir=str(tmp_path / "bad")).setup()
+    assert str(tmp_path / "bad" / dataset / "train.npz") in str(error.value)
+
+
 @needs_data
 def test_cifar_real_splits_and_batches() -> None:
     dm = CIFAR10DataModule(batch_size=128)
@@ -339,6 +506,30 @@ def test_image_folder_datamodule(tmp_path: Path) -> None:
     # class 2 images are uniformly 80/255: check eval normalisation of the centre pixel
     expected = (80 / 255 - 0.485) / 0.229
     assert test_x[-1, 0, 8, 8].item() == pytest.approx(expected, abs=1e-2)
+
+
+def test_image_folder_decodes_only_plain_image_formats(tmp_path: Path) -> None:
+    """A PostScript file named .png would go to Pillow's EPS decoder (Ghostscript, an interpreter): refused."""
+    from PIL import Image
+
+    from lightning_prune.data.image_folder import load_image
+
+    _write_image_folder(tmp_path, ("a", "b"), n_train=2, n_val=1)
+    disguised = tmp_path / "val" / "b" / "0.png"
+    disguised.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto showpage\n")
+    with Image.open(disguised) as image:
+        assert image.format == "EPS"  # control: unrestricted, Pillow takes it as PostScript
+    dm = ImageFolderDataModule(data_dir=str(tmp_path), image_size=8, val_fraction=0.5)
+    dm.setup()
+    assert dm.test_dataset[0][0].shape == (3, 8, 8)  # class a: a real PNG
+    with pytest.raises(PruningConfigError, match="not an image of a format read here") as error:
+        dm.test_dataset[1]
+    assert str(disguised) in str(error.value) and error.value.hint
+    truncated = tmp_path / "train" / "a" / "0.png"
+    truncated.write_bytes(truncated.read_bytes()[:50])  # the header and part of the pixel data
+    with pytest.raises(PruningConfigError, match="could not be decoded") as error:
+        load_image(str(truncated))
+    assert str(truncated) in str(error.value)
 
 
 def test_image_folder_tiny_imagenet_val_layout(tmp_path: Path) -> None:

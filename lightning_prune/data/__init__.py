@@ -5,6 +5,8 @@ Every DataModule takes ``data_dir`` (falling back to ``$LIGHTNING_PRUNE_DATA``),
 ``num_workers`` and ``augment``, and exposes ``num_classes``, ``input_shape`` and
 ``example_input()``.
 
+The names below are imported on first use (PEP 562).
+
 Example:
     >>> from lightning_prune.data import DigitsDataModule
     >>> dm = DigitsDataModule(batch_size=16)
@@ -12,14 +14,34 @@ Example:
     (10, (1, 8, 8))
 """
 
-from lightning_prune.data._common import DATA_DIR_ENV
-from lightning_prune.data.base import SplitDataModule
-from lightning_prune.data.cifar import CIFAR10DataModule
-from lightning_prune.data.digits import DigitsDataModule
-from lightning_prune.data.image_folder import ImageFolderDataModule, ImageSampleDataset
-from lightning_prune.data.mnist import MNISTDataModule
-from lightning_prune.data.sampler import EpochSeededSampler
-from lightning_prune.data.tensor_dataset import RandomCropFlip, TensorImageDataset
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
+    from lightning_prune.data._common import DATA_DIR_ENV
+    from lightning_prune.data.base import SplitDataModule
+    from lightning_prune.data.cifar import CIFAR10DataModule
+    from lightning_prune.data.digits import DigitsDataModule
+    from lightning_prune.data.image_folder import ImageFolderDataModule, ImageSampleDataset
+    from lightning_prune.data.mnist import MNISTDataModule
+    from lightning_prune.data.sampler import EpochSeededSampler
+    from lightning_prune.data.tensor_dataset import RandomCropFlip, TensorImageDataset
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "DATA_DIR_ENV": "lightning_prune.data._common",
+    "CIFAR10DataModule": "lightning_prune.data.cifar",
+    "DigitsDataModule": "lightning_prune.data.digits",
+    "EpochSeededSampler": "lightning_prune.data.sampler",
+    "ImageFolderDataModule": "lightning_prune.data.image_folder",
+    "ImageSampleDataset": "lightning_prune.data.image_folder",
+    "MNISTDataModule": "lightning_prune.data.mnist",
+    "RandomCropFlip": "lightning_prune.data.tensor_dataset",
+    "SplitDataModule": "lightning_prune.data.base",
+    "TensorImageDataset": "lightning_prune.data.tensor_dataset",
+}
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -33,3 +55,23 @@ __all__ = [
     "SplitDataModule",
     "TensorImageDataset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule, e.g. ``data.digits``) on first access."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

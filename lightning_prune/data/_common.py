@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,6 +39,54 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None, what: str) -> Path
             hint=f"point data_dir or {DATA_DIR_ENV} at the folder holding the data set",
         )
     return path
+
+
+def load_npz(path: Path, keys: tuple[str, ...], hint: str) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of the ``.npz`` archive ``path``, read with ``allow_pickle=False``.
+
+    No pickle inside the file is ever unpickled, so no code in it runs: an archive holding object
+    arrays (pickles), a file that is not an ``.npz`` archive, or one lacking a key is refused.
+
+    Args:
+        path: The ``.npz`` file.
+        keys: The array names that must be present.
+        hint: The hint of the error raised for a bad file (what the file should hold).
+
+    Returns:
+        ``{key: array}`` for every key.
+
+    Raises:
+        PruningConfigError: naming the file, for any file that cannot be read that way.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "d.npz"
+        >>> np.savez(path, x=np.zeros(2), y=np.ones(2))
+        >>> load_npz(path, ("y",), hint="...")["y"].tolist()
+        [1.0, 1.0]
+    """
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # pickles are refused as ValueError
+        raise PruningConfigError(f"{str(path)!r} could not be read as an .npz archive of plain arrays: "
+                                 f"{first_line(err)}", hint=hint) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise PruningConfigError(f"{str(path)!r} is a single .npy array, not an .npz archive with keys {list(keys)}",
+                                 hint=hint)
+    with archive:
+        missing = [key for key in keys if key not in archive.files]
+        if missing:
+            raise PruningConfigError(f"{str(path)!r} lacks the key(s) {missing}; it holds {archive.files}", hint=hint)
+        try:
+            return {key: archive[key] for key in keys}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:  # object arrays, damaged members
+            raise PruningConfigError(f"{str(path)!r} could not be read as an .npz archive of plain arrays: "
+                                     f"{first_line(err)}", hint=hint) from None
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters) of an exception."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
 
 
 def check_fraction(name: str, value: float, *, allow_one: bool) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -16,11 +16,13 @@ from lightning_prune.data._common import (
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    first_line,
+    load_npz,
     resolve_data_dir,
 )
 from lightning_prune.data.base import SplitDataModule
 from lightning_prune.data.tensor_dataset import RandomCropFlip, TensorImageDataset
-from lightning_prune.errors import PruningConfigError
+from lightning_prune.errors import PruningConfigError, check
 
 _NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar": (CIFAR10_MEAN, CIFAR10_STD)}
 
@@ -30,7 +32,10 @@ class CIFAR10DataModule(SplitDataModule):
 
     Looks in ``data_dir`` (or ``$LIGHTNING_PRUNE_DATA``) for, in order: ``cifar10/train.npz`` +
     ``cifar10/test.npz`` (keys ``x`` uint8 [N,32,32,3], ``y``), ``train.npz`` + ``test.npz``,
-    or torchvision's ``cifar-10-batches-py`` folder (pickles read locally). Images are scaled
+    or torchvision's ``cifar-10-batches-py`` folder. Its pickles are read by a restricted
+    unpickler that builds numpy arrays, dicts, lists, strings and numbers and nothing else, so a
+    tampered batch file is refused and never runs code (``.npz`` files are read with
+    ``allow_pickle=False``). Images are scaled
     by 1/255 and normalised with the ImageNet statistics (what the published ResNet weights
     expect) or the CIFAR-10 ones. Training augmentation: random crop 32 with padding 4 and a
     random horizontal flip, on tensors.
@@ -124,21 +129,101 @@ def _load_cifar(source: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tens
     return (train_x, train_y), _load_batch(source / "test_batch")
 
 
+_NPZ_HINT = "CIFAR-10 .npz files must hold x uint8 [N,32,32,3] (HWC) and y [N]"
+
+
 def _load_npz(path: Path) -> tuple[Tensor, Tensor]:
-    with np.load(path) as data:
-        x, y = data["x"], data["y"]
+    data = load_npz(path, ("x", "y"), hint=_NPZ_HINT)
+    x, y = data["x"], data["y"]
     if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8:
-        raise PruningConfigError(
-            f"{str(path)!r} holds x of shape {x.shape} and dtype {x.dtype}",
-            hint="CIFAR-10 .npz files must hold x uint8 [N,32,32,3] (HWC) and y [N]",
-        )
+        raise PruningConfigError(f"{str(path)!r} holds x of shape {x.shape} and dtype {x.dtype}", hint=_NPZ_HINT)
+    check(y.ndim == 1 and len(y) == len(x) and np.issubdtype(y.dtype, np.integer),
+          f"{str(path)!r} holds y of shape {y.shape} and dtype {y.dtype} for {len(x)} images", hint=_NPZ_HINT)
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     return images, torch.from_numpy(y.astype(np.int64))
 
 
+#: The only globals a genuine CIFAR-10 batch pickle names: numpy's array reconstruction (numpy 1 and
+#: numpy 2 module names). Dicts, lists, strings, bytes and numbers need no global at all.
+_CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+})
+
+_BATCH_HINT = ("use the original cifar-10-batches-py files from the CIFAR-10 site (or the .npz layout: "
+               "cifar10/train.npz + cifar10/test.npz); never load batch files of unknown origin")
+
+
+class RestrictedCifarUnpickler(pickle.Unpickler):
+    """A :class:`pickle.Unpickler` that only builds what genuine CIFAR-10 batches contain.
+
+    ``find_class`` resolves the globals in :data:`_CIFAR_PICKLE_GLOBALS` (numpy's array
+    reconstruction) and refuses every other one (``os.system``, ``builtins.exec``, ...) with a
+    :class:`~lightning_prune.errors.PruningConfigError`, so no code named by the file ever runs.
+    Persistent ids are refused too (the base class already does so).
+
+    Args:
+        handle: The open batch file (binary mode).
+        path: The file's path, named in error messages.
+
+    Example:
+        >>> import io
+        >>> RestrictedCifarUnpickler(io.BytesIO(pickle.dumps({"labels": [1, 2]})), Path("b")).load()
+        {'labels': [1, 2]}
+        >>> RestrictedCifarUnpickler(io.BytesIO(pickle.dumps(print)), Path("b")).load()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_prune.errors.PruningConfigError: 'b' is not a genuine CIFAR-10 batch: its pickle names the global builtins.print, which is refused (only numpy arrays, dicts, lists, strings and numbers are loaded). HINT: ...
+    """
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        super().__init__(handle, encoding="latin1")  # torchvision's files were written by Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        """Return the allowed numpy global ``module.name``; refuse any other."""
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise PruningConfigError(
+                f"{str(self.path)!r} is not a genuine CIFAR-10 batch: its pickle names the global {module}.{name}, "
+                "which is refused (only numpy arrays, dicts, lists, strings and numbers are loaded)",
+                hint=_BATCH_HINT,
+            )
+        return super().find_class(module, name)
+
+
 def _load_batch(path: Path) -> tuple[Tensor, Tensor]:
-    with open(path, "rb") as handle:
-        entry = pickle.load(handle, encoding="latin1")  # torchvision's own format
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = entry.get("labels", entry.get("fine_labels"))
-    return torch.from_numpy(data.copy()), torch.as_tensor(labels, dtype=torch.int64)
+    """One ``cifar-10-batches-py`` file as (uint8 images [N,3,32,32], int64 labels [N]), safely."""
+    try:
+        with open(path, "rb") as handle:
+            entry = RestrictedCifarUnpickler(handle, path).load()
+    except PruningConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged pickle raises many kinds of error
+        raise PruningConfigError(
+            f"{str(path)!r} could not be read as a CIFAR-10 batch: {first_line(err)}",
+            hint=_BATCH_HINT,
+        ) from None
+    shape = "a dict with 'data' (uint8 [N, 3072]) and 'labels' or 'fine_labels' (N integers)"
+    check(isinstance(entry, dict) and "data" in entry and ("labels" in entry or "fine_labels" in entry),
+          f"{str(path)!r} holds {_describe(entry)}, not {shape}", hint=_BATCH_HINT)
+    data, labels = entry["data"], entry.get("labels", entry.get("fine_labels"))
+    check(isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32,
+          f"{str(path)!r}: 'data' is {_describe(data)}, not a uint8 array [N, 3072]", hint=_BATCH_HINT)
+    labels_ok = isinstance(labels, list | np.ndarray) and len(labels) == len(data)
+    labels_ok = labels_ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in labels)
+    check(labels_ok, f"{str(path)!r}: the labels are {_describe(labels)}, not {len(data)} integers", hint=_BATCH_HINT)
+    images = data.reshape(-1, 3, 32, 32)
+    return torch.from_numpy(images.copy()), torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+
+def _describe(value: Any) -> str:
+    """A short description of an unpickled value for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))[:8]}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} items"
+    return f"a {type(value).__name__}"

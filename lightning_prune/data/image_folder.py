@@ -20,9 +20,41 @@ from lightning_prune.errors import PruningConfigError
 
 Sample = tuple[str, int]
 
+#: The image formats Pillow may decode here: those of torchvision's ``IMG_EXTENSIONS``. Pillow picks
+#: a decoder from a file's content, not its name; restricting it keeps e.g. a PostScript file named
+#: ``x.jpg`` (which Pillow would hand to Ghostscript, an interpreter) from being decoded at all.
+IMAGE_FORMATS = ("JPEG", "PNG", "PPM", "BMP", "TIFF", "WEBP")
+
+
+def load_image(path: str) -> Any:
+    """Decode the image file ``path`` as an RGB PIL image, with one of :data:`IMAGE_FORMATS` only.
+
+    Raises:
+        PruningConfigError: naming the file, when it is not a readable image of those formats.
+
+    Example:
+        >>> import tempfile, os
+        >>> from PIL import Image
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.png")
+        >>> Image.new("L", (3, 2)).save(path)
+        >>> load_image(path).mode, load_image(path).size
+        ('RGB', (3, 2))
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as handle, Image.open(handle, formats=IMAGE_FORMATS) as image:
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise PruningConfigError(f"{path!r} is not an image of a format read here ({', '.join(IMAGE_FORMATS)})",
+                                 hint="convert it to PNG or JPEG, or remove it from the data folder") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or damaged files; PIL raises SyntaxError too
+        raise PruningConfigError(f"{path!r} could not be decoded: {type(err).__name__}: {str(err)[:200]}",
+                                 hint="replace the damaged image or remove it from the data folder") from None
+
 
 class ImageSampleDataset(Dataset[tuple[Tensor, int]]):
-    """``(path, class index)`` samples decoded with PIL and passed through a transform.
+    """``(path, class index)`` samples decoded with PIL (:func:`load_image`) and passed through a transform.
 
     Args:
         samples: List of ``(image path, class index)``.
@@ -42,10 +74,8 @@ class ImageSampleDataset(Dataset[tuple[Tensor, int]]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from torchvision.datasets.folder import default_loader
-
         path, target = self.samples[index]
-        return self.transform(default_loader(path)), target
+        return self.transform(load_image(path)), target
 
 
 class ImageFolderDataModule(SplitDataModule):

@@ -11,10 +11,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_prune.data._common import MNIST_MEAN, MNIST_STD, resolve_data_dir
+from lightning_prune.data._common import MNIST_MEAN, MNIST_STD, first_line, load_npz, resolve_data_dir
 from lightning_prune.data.base import SplitDataModule
 from lightning_prune.data.tensor_dataset import RandomCropFlip, TensorImageDataset
 from lightning_prune.errors import PruningConfigError
+
+_NPZ_HINT = "MNIST files must hold x uint8 [N,28,28] and integer labels y [N]"
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -27,8 +29,9 @@ class MNISTDataModule(SplitDataModule):
 
     Looks in ``data_dir`` (or ``$LIGHTNING_PRUNE_DATA``) for, in order: ``mnist/train.npz`` +
     ``mnist/test.npz`` (keys ``x`` uint8 [N,28,28], ``y``), ``train.npz`` + ``test.npz``, or
-    torchvision's ``MNIST/raw`` idx files (optionally ``.gz``). Optional augmentation: random
-    crop 28 with padding 2 (no flips for digits).
+    torchvision's ``MNIST/raw`` idx files (optionally ``.gz``). Nothing read can run code: ``.npz``
+    files are read with ``allow_pickle=False`` and idx files are raw bytes. Optional augmentation:
+    random crop 28 with padding 2 (no flips for digits).
 
     Args:
         data_dir: Folder holding the data; ``$LIGHTNING_PRUNE_DATA`` when None.
@@ -106,16 +109,18 @@ def _idx_path(folder: Path, name: str) -> Path | None:
 
 def _load_split(source: Path, split: str) -> tuple[Tensor, Tensor]:
     if (source / f"{split}.npz").is_file():
-        with np.load(source / f"{split}.npz") as data:
-            x, y = data["x"], data["y"]
+        data = load_npz(source / f"{split}.npz", ("x", "y"), hint=_NPZ_HINT)
+        x, y = data["x"], data["y"]
     else:
         image_name, label_name = _IDX_FILES[split]
         x = _read_idx(_idx_path(source, image_name))  # type: ignore[arg-type]
         y = _read_idx(_idx_path(source, label_name))  # type: ignore[arg-type]
-    if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8 or len(x) != len(y):
+    shape_ok = x.ndim == 3 and x.shape[1:] == (28, 28) and x.dtype == np.uint8
+    if not (shape_ok and y.ndim == 1 and len(x) == len(y) and np.issubdtype(y.dtype, np.integer)):
         raise PruningConfigError(
-            f"MNIST {split} split in {str(source)!r} has x of shape {x.shape}, dtype {x.dtype}",
-            hint="MNIST files must hold x uint8 [N,28,28] and y [N]",
+            f"MNIST {split} split in {str(source)!r} has x of shape {x.shape}, dtype {x.dtype} "
+            f"and y of shape {y.shape}, dtype {y.dtype}",
+            hint=_NPZ_HINT,
         )
     images = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)
     return images, torch.from_numpy(y.astype(np.int64))
@@ -124,14 +129,21 @@ def _load_split(source: Path, split: str) -> tuple[Tensor, Tensor]:
 def _read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (big-endian header: 0, 0, dtype code 0x08, ndim; then dims)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as err:  # a damaged .gz: BadGzipFile is an OSError
+        raise PruningConfigError(f"{str(path)!r} could not be read: {first_line(err)}",
+                                 hint="re-extract the MNIST idx files") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise PruningConfigError(
             f"{str(path)!r} is not an unsigned-byte IDX file",
             hint="use the original MNIST idx files (or the .npz layout)",
         )
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise PruningConfigError(f"{str(path)!r} is truncated inside its header ({len(raw)} bytes)",
+                                 hint="re-extract the MNIST idx files")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
