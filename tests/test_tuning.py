@@ -7,6 +7,7 @@ the tests marked "real" run the actual pruning pipeline on digits.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -41,6 +42,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is
 
 REPO = Path(__file__).parents[1]
 SPACE = {"ThresholdSkipFineTune.threshold": [0.5, 1.0], "LayerFreezer.freeze_fraction": [0.3, 0.6]}
+#: For the real runs: thresholds in the metric's units (accuracy as a fraction), which an untrained digits
+#: network (val_acc about 0.18 before pruning) can reach.
+REAL_SPACE = {"ThresholdSkipFineTune.threshold": [0.005, 0.01], "LayerFreezer.freeze_fraction": [0.3, 0.6]}
 
 
 def tiny_config() -> dict[str, Any]:
@@ -53,7 +57,7 @@ def tiny_config() -> dict[str, Any]:
             "callbacks": [
                 {"class_path": "lightning_prune.StructuredPruning",
                  "init_args": {"pruning_ratio": 0.5, "schedule": "blockwise", "pretrain_epochs": 0, "finetune_epochs": 1}},
-                {"class_path": "lightning_prune.ThresholdSkipFineTune", "init_args": {"threshold": 0.5}},
+                {"class_path": "lightning_prune.ThresholdSkipFineTune", "init_args": {"threshold": 0.01}},
                 {"class_path": "lightning_prune.LayerFreezer", "init_args": {"freeze_fraction": 0.3}},
                 {"class_path": "lightning_prune.PruningAwareLR", "init_args": {"lr_base": 0.05, "delta": 0.0375}},
             ],
@@ -356,6 +360,140 @@ def test_a_stored_study_with_other_settings_is_refused(tmp_path: Path, fake: Fak
     assert len(fake.calls) == 1
 
 
+# ---------------------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize(("storage", "message"), [
+    ("notaurl", "storage 'notaurl' is not a database URL"),
+    ("nosuchdb://host/db", "SQLAlchemy knows no database 'nosuchdb'"),
+    ("sqlite+pysqlcipher:///{tmp}/s.db", "needs the database driver 'pysqlcipher3', which is not installed"),
+    ("sqlite:////nonexistent/dir/study.db", "the folder '/nonexistent/dir' of the SQLite file does not exist"),
+    ("sqlite:///{tmp}/missing/study.db", "/missing' of the SQLite file does not exist (it is not created"),
+    ("sqlite:///{tmp}", "names the folder"),
+    ("sqlite:///{tmp}/not_a_db.txt", "could not be opened: DatabaseError: file is not a database"),
+])
+def test_a_storage_that_cannot_work_is_refused_before_anything_is_created(
+        tmp_path: Path, fake: FakePipeline, storage: str, message: str) -> None:
+    assert importlib.util.find_spec("pysqlcipher3") is None  # the driver the third case needs is absent here
+    (tmp_path / "not_a_db.txt").write_text("hello")
+    storage = storage.format(tmp=tmp_path)
+    with pytest.raises(PruningConfigError) as error:
+        fake_tune(tmp_path, storage=storage)
+    assert message in str(error.value) and error.value.hint
+    assert fake.calls == []
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "missing").exists()  # nothing half-created
+    assert not Path("/nonexistent").exists()
+
+
+def test_a_postgres_url_without_its_driver_is_refused_with_the_password_masked(tmp_path: Path, fake: FakePipeline) -> None:
+    with pytest.raises(PruningConfigError) as error:
+        fake_tune(tmp_path, storage="postgresql://me:secret@nohost/optuna")
+    assert "postgresql://me:***@nohost/optuna" in str(error.value) and "secret" not in str(error.value)
+    assert error.value.hint and fake.calls == [] and not (tmp_path / "tune").exists()
+
+
+def test_cli_tune_with_a_bad_storage_exits_with_the_hint(tmp_path: Path, fake: FakePipeline,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_yaml(tmp_path / "config.yaml", tiny_config())
+    space = write_yaml(tmp_path / "space.yaml", SPACE)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--config", str(config), "--search_space", str(space), "--storage", "notaurl",
+              "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: storage 'notaurl' is not a database URL" in err and "\nHINT: " in err
+    assert fake.calls == [] and not (tmp_path / "out").exists()
+
+
+def test_an_output_dir_that_cannot_be_created_is_refused(tmp_path: Path, fake: FakePipeline) -> None:
+    (tmp_path / "a_file").write_text("in the way")
+    with pytest.raises(PruningConfigError, match="output_dir .*a_file/tune' cannot be created: .*a_file' is a file") as error:
+        fake_tune(tmp_path, output_dir=tmp_path / "a_file" / "tune")
+    assert "--output_dir" in error.value.hint and fake.calls == []
+    # a missing output_dir (and its parents) is created, with the default storage inside it
+    result = fake_tune(tmp_path, output_dir=tmp_path / "new" / "deep" / "tune", n_trials=1)
+    assert result.storage == f"sqlite:///{tmp_path / 'new' / 'deep' / 'tune' / 'study.db'}"
+    assert (tmp_path / "new" / "deep" / "tune" / "study.db").is_file()
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"space": {"ThresholdSkipFineTune.threshold": [0.5, 1.0], "PruningAwareLR.beta": [40.0]}},
+     ["a search space with LayerFreezer.freeze_fraction (this run's space lacks it)",
+      "a search space without PruningAwareLR.beta (this run's space adds it)"]),
+    ({"space": {**SPACE, "LayerFreezer.freeze_fraction": [0.3, 0.9]}},
+     ["LayerFreezer.freeze_fraction choices [0.3, 0.6] (this run: choices [0.3, 0.9])"]),
+    ({"space": {**SPACE, "ThresholdSkipFineTune.threshold": [1.0, 0.5]}},  # the grid numbers points by this order
+     ["ThresholdSkipFineTune.threshold choices [0.5, 1.0] (this run: choices [1.0, 0.5])"]),
+    ({"space": {**SPACE, "ThresholdSkipFineTune.threshold": {"low": 0.1, "high": 1.0, "log": True}}, "sampler": "tpe"},
+     ["ThresholdSkipFineTune.threshold choices [0.5, 1.0] (this run: range [0.1, 1.0] log)"]),
+    ({"objective": "pareto"},
+     ["directions ['minimize'] (this run: ['minimize', 'minimize'] for objective 'pareto')",
+      "objective 'budget' (this run: 'pareto')"]),
+    ({"objective": "ice"}, ["objective 'budget' (this run: 'ice')", "points_per_unit unset (this run: 100.0)"]),
+])
+def test_reopening_a_study_with_another_space_or_objective_names_the_difference(
+        tmp_path: Path, fake: FakePipeline, change: dict[str, Any], named: list[str]) -> None:
+    fake_tune(tmp_path, n_trials=1, study_name="s")
+    storage = f"sqlite:///{tmp_path / 'tune' / 'study.db'}"
+    recorded = optuna.load_study(study_name="s", storage=storage).user_attrs
+    change = dict(change)
+    with pytest.raises(PruningConfigError, match="study 's' was created with other settings") as error:
+        fake_tune(tmp_path, change.pop("space", SPACE), n_trials=1, study_name="s", **change)
+    for difference in named:
+        assert difference in str(error.value)
+    assert "--study_name" in error.value.hint
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert len(fake.calls) == 1 and len(study.trials) == 1  # no trial ran, nothing was queued
+    assert study.user_attrs == recorded  # the stored settings and space are untouched
+    fake_tune(tmp_path, n_trials=1, study_name="s")  # the same space and settings still resume it
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 2
+
+
+def test_a_study_without_a_recorded_space_is_checked_against_its_trials(tmp_path: Path, fake: FakePipeline) -> None:
+    """A study made before the space was recorded: its trials' distributions tell the space."""
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(storage=storage, study_name="old", directions=["minimize"])
+    old.set_user_attr("lightning_prune", {"objective": "budget", "subset_fraction": 0.3, "max_drop": 0.01})
+    old.add_trial(optuna.trial.create_trial(
+        params={"ThresholdSkipFineTune.threshold": 0.5, "LayerFreezer.freeze_fraction": 0.3},
+        distributions={"ThresholdSkipFineTune.threshold": optuna.distributions.CategoricalDistribution([0.5, 1.0]),
+                       "LayerFreezer.freeze_fraction": optuna.distributions.CategoricalDistribution([0.3, 0.6])},
+        value=9.0, user_attrs={"seconds": 9.0, "drop": 0.0, "metric_before": 0.9, "metric_after": 0.9}))
+    with pytest.raises(PruningConfigError, match=r"LayerFreezer.freeze_fraction choices \[0.3, 0.6\] "
+                                                 r"\(this run: choices \[0.3, 0.9\]\)"):
+        fake_tune(tmp_path, {**SPACE, "LayerFreezer.freeze_fraction": [0.3, 0.9]}, storage=storage, study_name="old",
+                  n_trials=1)
+    assert fake.calls == []
+    result = fake_tune(tmp_path, storage=storage, study_name="old", n_trials=1)  # the same space: resumed
+    assert len(result.trials) == 2 and len(fake.calls) == 1
+
+
+def test_n_trials_0_without_a_completed_trial_is_refused(tmp_path: Path, fake: FakePipeline) -> None:
+    with pytest.raises(PruningConfigError, match="n_trials=0 but there is no study 'pipeline-budget'") as error:
+        fake_tune(tmp_path, n_trials=0, stage2=True)
+    assert "--n_trials" in error.value.hint
+    assert not (tmp_path / "tune").exists()  # the output folder made for it is removed again, no study.db
+
+    invalid = {"PruningAwareLR.lr_base": [0.001], "PruningAwareLR.delta": [0.005]}  # the only point is invalid
+    with pytest.raises(PruningConfigError, match="all 1 proposed combinations were invalid"):
+        fake_tune(tmp_path, invalid)
+    with pytest.raises(PruningConfigError, match=r"study 'pipeline-budget' in sqlite:///.*study.db has no completed "
+                                                 r"trial \(1 invalid \(pruned\)\) to choose stage 2's parameters"):
+        fake_tune(tmp_path, invalid, n_trials=0, stage2=True)
+    assert fake.calls == [] and not (tmp_path / "tune" / "stage2").exists()
+    assert len(optuna.load_study(study_name="pipeline-budget", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}").trials) == 1
+
+
+def test_cli_tune_n_trials_0_on_a_new_study_exits_with_the_hint(tmp_path: Path, fake: FakePipeline,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_yaml(tmp_path / "config.yaml", tiny_config())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", "--config", str(config), "--search_space", str(write_yaml(tmp_path / "space.yaml", SPACE)),
+              "--n_trials", "0", "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: n_trials=0 but there is no study 'config-budget'" in err and "HINT: run trials first" in err
+    assert fake.calls == [] and not (tmp_path / "out").exists()
+
+
 def test_settings_come_from_defaults_then_the_tune_block_then_arguments() -> None:
     settings = TuneSettings.resolve({"objective": "ice", "n_trials": 5, "subset_fraction": 0.1},
                                     {"n_trials": 1, "sampler": None})
@@ -380,7 +518,7 @@ def test_fit_accepts_a_config_with_a_tune_block(tmp_path: Path) -> None:
 def test_two_workers_share_one_study(tmp_path: Path) -> None:
     """Real: a second process and this one run one trial each of the same study at the same time."""
     config = write_yaml(tmp_path / "config.yaml", tiny_config())
-    space = write_yaml(tmp_path / "space.yaml", SPACE)
+    space = write_yaml(tmp_path / "space.yaml", REAL_SPACE)
     kwargs = {"n_trials": 1, "storage": f"sqlite:///{tmp_path / 'shared.db'}", "study_name": "shared",
               "output_dir": str(tmp_path / "tune"), "stage2": False, "subset_fraction": 0.3}
     code = f"from lightning_prune.tuning import tune; tune({str(config)!r}, {str(space)!r}, **{kwargs!r})"
@@ -401,7 +539,7 @@ def test_two_workers_share_one_study(tmp_path: Path) -> None:
 
 def test_stage_2_writes_the_report_best_params_and_a_config_fit_accepts(tmp_path: Path) -> None:
     """Real: one trial on 30 % of digits (choosing among trials is tested above), then stage 2 on 20 %."""
-    space = {"ThresholdSkipFineTune.threshold": [1.0], "LayerFreezer.freeze_fraction": [0.6]}
+    space = {"ThresholdSkipFineTune.threshold": [0.01], "LayerFreezer.freeze_fraction": [0.6]}
     result = tune(tiny_config(), space, output_dir=tmp_path / "tune", subset_fraction=0.3, stage2_subset_fraction=0.2)
     (row,) = result.trials
     assert row["state"] == "COMPLETE" and result.best_trial == row["number"]
@@ -428,7 +566,7 @@ def test_stage_2_writes_the_report_best_params_and_a_config_fit_accepts(tmp_path
 
 def test_cli_tune_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Real: settings from the config's tune block, one overridden by a flag."""
-    write_yaml(tmp_path / "space.yaml", SPACE)  # the tune block names it
+    write_yaml(tmp_path / "space.yaml", REAL_SPACE)  # the tune block names it
     config = {**tiny_config(), "tune": {"search_space": "space.yaml", "objective": "ice", "n_trials": 3,
                                         "subset_fraction": 0.3, "stage2": False}}
     path = write_yaml(tmp_path / "config.yaml", config)

@@ -1,5 +1,7 @@
 """Auto-tuning of a pruning pipeline's callbacks with Optuna (ICE-Pruning's two stages).
 
+The names below are imported on first use (PEP 562).
+
 Example:
     >>> from lightning_prune.tuning import tune, SearchSpace, ICE_CIFAR_GRID
     >>> SearchSpace.from_mapping(ICE_CIFAR_GRID).grid_size()
@@ -7,21 +9,49 @@ Example:
     >>> # result = tune("configs/ice_quickstart.yaml", n_trials=8); result.best_params
 """
 
-from lightning_prune.tuning.objectives import (
-    INFEASIBLE,
-    OBJECTIVES,
-    Point,
-    budget_objective,
-    choose_from_front,
-    ice_objective,
-    objective_value,
-    pareto_front,
-    pareto_objectives,
-)
-from lightning_prune.tuning.pipeline import Outcome, TrialFailed
-from lightning_prune.tuning.space import ICE_CIFAR_GRID, Param, SearchSpace
-from lightning_prune.tuning.study import SAMPLERS
-from lightning_prune.tuning.tuner import TuneResult, TuneSettings, tune
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
+    from lightning_prune.tuning.objectives import (
+        INFEASIBLE,
+        OBJECTIVES,
+        Point,
+        budget_objective,
+        choose_from_front,
+        ice_objective,
+        objective_value,
+        pareto_front,
+        pareto_objectives,
+    )
+    from lightning_prune.tuning.pipeline import Outcome, TrialFailed
+    from lightning_prune.tuning.space import ICE_CIFAR_GRID, Param, SearchSpace
+    from lightning_prune.tuning.study import SAMPLERS
+    from lightning_prune.tuning.tuner import TuneResult, TuneSettings, tune
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "ICE_CIFAR_GRID": "lightning_prune.tuning.space",
+    "INFEASIBLE": "lightning_prune.tuning.objectives",
+    "OBJECTIVES": "lightning_prune.tuning.objectives",
+    "SAMPLERS": "lightning_prune.tuning.study",
+    "Outcome": "lightning_prune.tuning.pipeline",
+    "Param": "lightning_prune.tuning.space",
+    "Point": "lightning_prune.tuning.objectives",
+    "SearchSpace": "lightning_prune.tuning.space",
+    "TrialFailed": "lightning_prune.tuning.pipeline",
+    "TuneResult": "lightning_prune.tuning.tuner",
+    "TuneSettings": "lightning_prune.tuning.tuner",
+    "budget_objective": "lightning_prune.tuning.objectives",
+    "choose_from_front": "lightning_prune.tuning.objectives",
+    "ice_objective": "lightning_prune.tuning.objectives",
+    "objective_value": "lightning_prune.tuning.objectives",
+    "pareto_front": "lightning_prune.tuning.objectives",
+    "pareto_objectives": "lightning_prune.tuning.objectives",
+    "tune": "lightning_prune.tuning.tuner",
+}
 
 __all__ = [
     "ICE_CIFAR_GRID",
@@ -43,3 +73,23 @@ __all__ = [
     "pareto_objectives",
     "tune",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule, e.g. ``tuning.pipeline``) on first access."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -14,6 +14,15 @@ as a ``WAITING`` trial, which the next trial of any worker picks up first. Three
   is failed and re-queued by the next trial any worker starts.
 
 A re-run is queued once per interrupted trial (the copy records ``retry_of``).
+
+Refusals. Before anything is created, :func:`check_storage` refuses a storage URL SQLAlchemy cannot
+parse, one whose database driver is not installed, and a SQLite file in a folder that does not exist
+(the folder is NOT created: a mistyped path should not silently start a new study elsewhere; the
+default storage lives in ``output_dir``, which ``tune`` creates). :func:`inspect_study` then reads
+the stored study, if any, without creating one, and refuses it when it was made with other settings:
+another objective (or optimisation directions), ``max_drop``/``points_per_unit``/``subset_fraction``,
+or another search space (names, choices, ranges), naming each difference; with
+``require_completed`` it also refuses a missing study or one without a completed trial.
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ import random
 import socket
 import time
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -42,7 +52,15 @@ HEARTBEAT_INTERVAL = 60
 #: Seconds without a heartbeat after which another worker fails and re-queues a trial.
 GRACE_PERIOD = 600
 
+_T = TypeVar("_T")
+
 _SETTINGS_KEY = "lightning_prune"
+#: Study user attribute holding the search space the study was created with (``SearchSpace.to_dict()``).
+_SPACE_KEY = "lightning_prune.search_space"
+_HINT_OTHER_STUDY = ("run with the study's settings and search space, or give a new --study_name (or --storage, "
+                     "--output_dir) to start another study")
+_HINT_RUN_TRIALS = ("run trials first: omit --n_trials (the grid's remaining points) or give --n_trials N; "
+                    "or point --storage / --study_name / --output_dir at the study that has them")
 #: Trial user attributes: the re-run's original trial number, why a trial was interrupted, ``host:pid``.
 RETRY_OF = "retry_of"
 INTERRUPTED = "interrupted"
@@ -89,6 +107,114 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
         user_attrs={RETRY_OF: trial.number}, system_attrs=system_attrs))
+
+
+def display_url(url: str) -> str:
+    """``url`` with its password (if any) masked, for messages and logs.
+
+    Example:
+        >>> display_url("postgresql://me:secret@db/optuna")
+        'postgresql://me:***@db/optuna'
+        >>> display_url("sqlite:///out/study.db")
+        'sqlite:///out/study.db'
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: shown as given
+        return str(url)
+    return parsed.render_as_string(hide_password=True) if parsed.password else str(url)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite ``url`` (relative paths from the working directory); ``None`` for an
+    in-memory database, a ``file:`` URI or another database.
+
+    Example:
+        >>> sqlite_file("sqlite:///out/study.db").name, sqlite_file("sqlite://"), sqlite_file("postgresql://h/d")
+        ('study.db', None, None)
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - check_storage reports it
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return Path(database).expanduser().absolute()
+
+
+def check_storage(url: Any) -> None:
+    """Refuse, before anything is created, a storage URL that cannot work.
+
+    Checks that ``url`` is a SQLAlchemy URL (``dialect[+driver]://...``), that SQLAlchemy knows its
+    database and that the database's Python driver is installed, and, for a SQLite file, that its
+    folder exists (it is not created) and the path is not a folder.
+
+    Raises:
+        PruningConfigError: naming the URL (password masked) and what is wrong.
+
+    Example:
+        >>> check_storage("sqlite:///:memory:")
+        >>> check_storage("notaurl")
+        Traceback (most recent call last):
+        ...
+        lightning_prune.errors.PruningConfigError: storage 'notaurl' is not a database URL. HINT: ...
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    examples = "e.g. sqlite:///outputs/tune/study.db (a file), or postgresql://user:password@host/db for workers on several machines"
+    if not isinstance(url, str) or not url.strip():
+        raise PruningConfigError(f"storage {url!r} is not a database URL", hint=f"give an Optuna storage URL, {examples}")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise PruningConfigError(f"storage {url!r} is not a database URL",
+                                 hint=f"write dialect[+driver]://..., {examples}") from None
+    shown = display_url(url)
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise PruningConfigError(f"storage {shown!r}: SQLAlchemy knows no database {parsed.drivername!r}",
+                                 hint=f"use sqlite, postgresql or mysql (optionally +driver), {examples}") from None
+    load_driver = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi", None)  # SQLAlchemy 2 / 1.4
+    try:
+        if callable(load_driver):
+            load_driver()
+    except ImportError as err:
+        missing = getattr(err, "name", None) or str(err)
+        raise PruningConfigError(f"storage {shown!r} needs the database driver {missing!r}, which is not installed",
+                                 hint=f"pip install the driver (e.g. psycopg2-binary for postgresql, PyMySQL with "
+                                      f"mysql+pymysql://), or use a sqlite:/// file") from None
+    file = sqlite_file(url)
+    if file is None:
+        return
+    if file.is_dir():
+        raise PruningConfigError(f"storage {shown!r} names the folder {str(file)!r}, not a database file",
+                                 hint=f"name a file inside it, e.g. sqlite:///{file / 'study.db'}")
+    if not file.parent.is_dir():
+        raise PruningConfigError(f"storage {shown!r}: the folder {str(file.parent)!r} of the SQLite file does not "
+                                 "exist (it is not created, in case the path is mistyped)",
+                                 hint="create the folder first, fix the path, or omit --storage to keep the study "
+                                      "in <output_dir>/study.db")
+    if not file.exists() and not os.access(file.parent, os.W_OK):
+        raise PruningConfigError(f"storage {shown!r}: the folder {str(file.parent)!r} is not writable",
+                                 hint="choose a folder you can write to, or omit --storage")
+
+
+def _storage_failure(url: str, err: BaseException) -> PruningConfigError:
+    """A storage error (unreachable server, not a database file, ...) as a PruningConfigError naming ``url``."""
+    cause = getattr(err, "orig", None) or err
+    text = (str(cause).strip().splitlines() or [""])[0][:300]
+    return PruningConfigError(f"storage {display_url(url)!r} could not be opened: {type(cause).__name__}: {text}",
+                              hint="check that the database exists and is reachable, that the file is an Optuna "
+                                   "SQLite database, or give another --storage")
 
 
 def make_storage(url: str) -> optuna.storages.BaseStorage:
@@ -167,11 +293,14 @@ def study_settings(objective: str, max_drop: float, points_per_unit: float, subs
 
 
 def open_study(storage: optuna.storages.BaseStorage | str, study_name: str, objective: str, sampler: optuna.samplers.BaseSampler,
-               settings: Mapping[str, Any]) -> optuna.Study:
-    """Create the study or load the existing one, refusing one made with other settings.
+               settings: Mapping[str, Any], space: SearchSpace | None = None) -> optuna.Study:
+    """Create the study or load the existing one, refusing one made with other settings or another space.
+
+    A new study records ``settings`` (and ``space``) as user attributes; an existing one is checked
+    against them with :func:`check_compatible` before anything is written to it.
 
     Raises:
-        PruningConfigError: if the stored study was created with another objective or settings.
+        PruningConfigError: if the stored study was created with another objective, settings or space.
 
     Example:
         >>> study = open_study("sqlite:///:memory:", "demo", "budget", optuna.samplers.RandomSampler(),
@@ -181,19 +310,114 @@ def open_study(storage: optuna.storages.BaseStorage | str, study_name: str, obje
     """
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
                                 directions=directions(objective), load_if_exists=True)
-    stored = study.user_attrs.get(_SETTINGS_KEY)
-    if stored is None:
+    check_compatible(study, objective, settings, space)
+    if study.user_attrs.get(_SETTINGS_KEY) is None:
         study.set_user_attr(_SETTINGS_KEY, dict(settings))
-    elif not _same_settings(stored, settings):
-        raise PruningConfigError(f"study {study_name!r} was created with {stored}; this run asks for {dict(settings)}",
-                                 hint="run with the study's settings, or give a new --study_name (or --storage)")
+    if space is not None and study.user_attrs.get(_SPACE_KEY) is None:
+        study.set_user_attr(_SPACE_KEY, space.to_dict())
     return study
+
+
+def check_compatible(study: optuna.Study, objective: str, settings: Mapping[str, Any],
+                     space: SearchSpace | None = None) -> None:
+    """Refuse a stored study whose directions, settings or search space differ from this run's.
+
+    The search space is compared with the one the study recorded, else (a study from before that
+    record) with the parameter distributions of its trials. Choices must match in value and order
+    (the grid sampler numbers its points by that order).
+
+    Raises:
+        PruningConfigError: listing every difference, stored value first.
+
+    Example:
+        >>> study = optuna.create_study(storage="sqlite:///:memory:", directions=["maximize"])
+        >>> check_compatible(study, "budget", {})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_prune.errors.PruningConfigError: study ... was created with other settings: directions ['maximize'] (this run: ['minimize'] for objective 'budget'). HINT: ...
+    """
+    differences = []
+    stored_directions = [d.name.lower() for d in study.directions]
+    wanted = directions(objective)
+    if stored_directions != wanted:
+        differences.append(f"directions {stored_directions} (this run: {wanted} for objective {objective!r})")
+    stored = study.user_attrs.get(_SETTINGS_KEY)
+    if stored is not None:
+        differences += _settings_differences(stored, settings)
+    if space is not None:
+        differences += _space_differences(study, space)
+    if differences:
+        raise PruningConfigError(f"study {study.study_name!r} was created with other settings: {'; '.join(differences)}",
+                                 hint=_HINT_OTHER_STUDY)
+
+
+def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that finished with a result stage 2 can choose from.
+
+    Example:
+        >>> completed_trials(optuna.create_study())
+        []
+    """
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and "seconds" in t.user_attrs]
+
+
+def inspect_study(url: str, study_name: str, objective: str, settings: Mapping[str, Any], space: SearchSpace,
+                  require_completed: bool = False) -> None:
+    """Check the stored study ``study_name`` (if any) against this run, creating nothing.
+
+    A SQLite file that does not exist yet holds no study and is not created. Otherwise the storage is
+    opened (an RDB storage creates Optuna's tables in an empty database), and an existing study is
+    checked with :func:`check_compatible`.
+
+    Args:
+        url: The storage URL (already checked by :func:`check_storage`).
+        study_name: The study's name.
+        objective: This run's objective.
+        settings: This run's :func:`study_settings`.
+        space: This run's search space.
+        require_completed: Refuse a missing study or one without a completed trial (``n_trials=0``:
+            stage 2's parameters must come from a finished trial).
+
+    Raises:
+        PruningConfigError: for an incompatible study, an unreachable storage or, with
+            ``require_completed``, nothing to choose from.
+
+    Example:
+        >>> space = SearchSpace.from_mapping({"LayerFreezer.freeze_fraction": [0.3, 0.9]})
+        >>> inspect_study("sqlite:///:memory:", "demo", "budget", study_settings("budget", 0.01, 100.0, 0.02), space)
+    """
+    where = f"study {study_name!r} in {display_url(url)}"
+    file = sqlite_file(url)
+    if file is not None and not file.exists():
+        if require_completed:
+            raise PruningConfigError(f"n_trials=0 but there is no {where} (the file does not exist), so no completed "
+                                     "trial to choose stage 2's parameters from", hint=_HINT_RUN_TRIALS)
+        return
+    storage = _retrying(url, lambda: make_storage(url))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    except KeyError:  # no such study
+        if require_completed:
+            raise PruningConfigError(f"n_trials=0 but there is no {where} yet, so no completed trial to choose "
+                                     "stage 2's parameters from", hint=_HINT_RUN_TRIALS) from None
+        return
+    check_compatible(study, objective, settings, space)
+    if require_completed and not completed_trials(study):
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        names = {"PRUNED": "invalid (pruned)", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+        counts = ", ".join(f"{states.count(s)} {names.get(s, s.lower())}" for s in sorted(set(states))) or "no trial at all"
+        raise PruningConfigError(f"n_trials=0 but {where} has no completed trial ({counts}) to choose stage 2's "
+                                 "parameters from", hint=_HINT_RUN_TRIALS)
 
 
 def open_shared(url: str, study_name: str, objective: str, sampler: str, space: SearchSpace, seed: int,
                 settings: Mapping[str, Any], attempts: int = 5) -> optuna.Study:
     """:func:`make_storage` + :func:`make_sampler` + :func:`open_study`, retried while another worker
     creates the same database or study at the same moment.
+
+    Raises:
+        PruningConfigError: for a study with other settings or search space, or a storage that still
+            fails after ``attempts`` tries (unreachable server, a file that is not a database, ...).
 
     Example:
         >>> space = SearchSpace.from_mapping({"LayerFreezer.freeze_fraction": [0.3, 0.9]})
@@ -202,17 +426,28 @@ def open_shared(url: str, study_name: str, objective: str, sampler: str, space: 
         >>> type(study.sampler).__name__
         'GridSampler'
     """
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    def attempt() -> optuna.Study:
+        storage = make_storage(url)
+        chosen = make_sampler(sampler, space, seed, existing_trials=count_trials(storage, study_name))
+        return open_study(storage, study_name, objective, chosen, settings, space)
+
+    return _retrying(url, attempt, attempts)
+
+
+def _retrying(url: str, action: Callable[[], _T], attempts: int = 5) -> _T:
+    """``action()``, retried on the errors two workers opening one database at once can cause; any
+    storage error left is raised as a PruningConfigError naming ``url``."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
     for attempt in range(attempts):
         try:
-            storage = make_storage(url)
-            chosen = make_sampler(sampler, space, seed, existing_trials=count_trials(storage, study_name))
-            return open_study(storage, study_name, objective, chosen, settings)
-        except (OperationalError, IntegrityError):
+            return action()
+        except (OperationalError, IntegrityError) as err:
             if attempt == attempts - 1:
-                raise
+                raise _storage_failure(url, err) from err
             time.sleep(0.5 + random.random())
+        except SQLAlchemyError as err:
+            raise _storage_failure(url, err) from err
     raise AssertionError("unreachable")
 
 
@@ -227,6 +462,83 @@ def _same_settings(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         elif x != y:
             return False
     return True
+
+
+def _settings_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """``"key 'stored' (this run: 'wanted')"`` for every setting that differs."""
+    if _same_settings(stored, wanted):
+        return []
+    differences = []
+    for key in sorted(set(stored) | set(wanted)):
+        if key not in stored or key not in wanted or not _same_settings({key: stored[key]}, {key: wanted[key]}):
+            before = repr(stored[key]) if key in stored else "unset"
+            differences.append(f"{key} {before} (this run: {repr(wanted[key]) if key in wanted else 'unset'})")
+    return differences
+
+
+def _spec(value: Any) -> dict[str, Any]:
+    """A comparable form of a parameter's YAML value (a list of choices or a range mapping)."""
+    if not isinstance(value, Mapping):
+        return {"choices": list(value) if isinstance(value, list | tuple) else [value]}
+    low, high, step = value.get("low"), value.get("high"), value.get("step")
+    is_int = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high) + ((step,) if step is not None else ()))
+    return {"low": low, "high": high, "log": bool(value.get("log", False)), "step": step if step is not None or not is_int else 1,
+            "int": is_int}
+
+
+def _distribution_spec(distribution: Any) -> dict[str, Any]:
+    """The comparable form of an Optuna distribution a trial recorded."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return {"choices": list(distribution.choices)}
+    return {"low": distribution.low, "high": distribution.high, "log": bool(distribution.log), "step": distribution.step,
+            "int": isinstance(distribution, IntDistribution)}
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    """``choices [0.3, 0.9]`` or ``range [0.0001, 0.01] log`` for messages."""
+    if "choices" in spec:
+        return f"choices {spec['choices']}"
+    step = spec["step"] if spec["step"] is not None and not (spec["int"] and spec["step"] == 1) else None
+    return (f"{'integer ' if spec['int'] else ''}range [{spec['low']}, {spec['high']}]" + (" log" if spec["log"] else "")
+            + (f" step {step}" if step is not None else ""))
+
+
+def _space_differences(study: optuna.Study, space: SearchSpace) -> list[str]:
+    """How ``space`` differs from the space the stored study was created with (its record, else its trials')."""
+    recorded = study.user_attrs.get(_SPACE_KEY)
+    if isinstance(recorded, Mapping):
+        stored = {name: _spec(value) for name, value in recorded.items()}
+    else:
+        stored = {}
+        for trial in study.get_trials(deepcopy=False):
+            for name, distribution in trial.distributions.items():
+                stored.setdefault(name, _distribution_spec(distribution))
+        if not stored:
+            return []  # no record and no trial: nothing to compare with
+    wanted = {p.name: _spec(p.to_yaml_value()) for p in space.params}
+    differences = []
+    dropped = [name for name in stored if name not in wanted]
+    added = [name for name in wanted if name not in stored]
+    if dropped:
+        differences.append(f"a search space with {', '.join(dropped)} (this run's space lacks it)")
+    if added:
+        differences.append(f"a search space without {', '.join(added)} (this run's space adds it)")
+    for name in stored:
+        if name in wanted and not _same_spec(stored[name], wanted[name]):
+            differences.append(f"{name} {_spec_text(stored[name])} (this run: {_spec_text(wanted[name])})")
+    return differences
+
+
+def _same_spec(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Same kind, same bounds, or the same choices in the same order (``1 == 1.0``, but ``True != 1``)."""
+    if set(a) != set(b):
+        return False
+    if "choices" in a:
+        return len(a["choices"]) == len(b["choices"]) and all(
+            x == y and isinstance(x, bool) == isinstance(y, bool) for x, y in zip(a["choices"], b["choices"]))
+    return all(a[key] == b[key] for key in a)
 
 
 def recover(study: optuna.Study) -> list[int]:

@@ -169,7 +169,7 @@ class TuneResult:
     def summary(self) -> str:
         """A few human-readable lines: study, counts, the choice, the files."""
         states = [t["state"] for t in self.trials]
-        lines = [f"study {self.study_name!r} ({self.storage}): objective {self.objective}, sampler {self.sampler}; "
+        lines = [f"study {self.study_name!r} ({studies.display_url(self.storage)}): objective {self.objective}, sampler {self.sampler}; "
                  f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} invalid, {states.count('FAIL')} failed"]
         if self.best_params is not None:
             row = next((t for t in self.trials if t["number"] == self.best_trial), {})
@@ -234,8 +234,13 @@ def tune(
         A :class:`TuneResult`; also written to ``<output_dir>/tune_summary.json``.
 
     Raises:
-        PruningConfigError: before any trial runs, for an unknown class or argument in the search
-            space, bad settings, or a stored study with other settings.
+        PruningConfigError: before any trial runs (and before any folder or study is created, where
+            the check allows), for an unknown class or argument in the search space, bad settings, a
+            storage URL that cannot work (not a URL, a driver that is not installed, a SQLite file in
+            a folder that does not exist: that folder is not created, unlike ``output_dir``), an
+            ``output_dir`` that cannot be created, a stored study made with other settings, another
+            objective or another search space (each difference is named), or ``n_trials=0`` on a
+            study without a completed trial.
 
     Example:
         >>> from lightning_prune.tuning import tune
@@ -255,19 +260,28 @@ def tune(
         space.grid()  # ranges are refused here, before anything runs
 
     output_dir = _output_dir(opts, fit_config).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
     storage_url = opts.storage or f"sqlite:///{(output_dir / 'study.db').resolve()}"
     study_name = opts.study_name or f"{path.stem if path is not None else 'pipeline'}-{opts.objective}"
-    _parse_check(fit_config, output_dir, opts)
+    settings_record = studies.study_settings(opts.objective, opts.max_drop, opts.points_per_unit, opts.subset_fraction)
+    if opts.storage is not None:  # before anything is created (the default one lives in output_dir, made below)
+        studies.check_storage(opts.storage)
+    created = _make_dirs(output_dir)
 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        settings_record = studies.study_settings(opts.objective, opts.max_drop, opts.points_per_unit, opts.subset_fraction)
+        try:  # every refusal here comes before a trial runs and leaves no new folder or study behind
+            studies.inspect_study(storage_url, study_name, opts.objective, settings_record, space,
+                                  require_completed=opts.n_trials == 0)
+            _parse_check(fit_config, output_dir, opts)
+        except PruningConfigError:
+            _remove_empty(created)
+            raise
         study = studies.open_shared(storage_url, study_name, opts.objective, opts.sampler, space, opts.seed, settings_record)
         requeued = studies.recover(study)
         n_trials = _trials_to_run(study, space, opts)
-        info(f"[lightning_prune] tune: study {study_name!r} in {storage_url}; objective {_objective_text(opts)}, "
+        info(f"[lightning_prune] tune: study {study_name!r} in {studies.display_url(storage_url)}; "
+             f"objective {_objective_text(opts)}, "
              f"sampler {opts.sampler}, {len(space.params)} parameters"
              + (f" ({space.grid_size()} grid points)" if space.grid_size() else "")
              + f", {opts.subset_fraction:g} of the data per trial; "
@@ -354,6 +368,32 @@ def _trials_to_run(study: optuna.Study, space: SearchSpace, opts: TuneSettings) 
         pending = studies.pending_grid_points(study, space)
         return pending if opts.n_trials is None else min(opts.n_trials, pending)
     return opts.n_trials if opts.n_trials is not None else DEFAULT_TRIALS
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones created, deepest first.
+
+    Raises:
+        PruningConfigError: naming the folder, when it cannot be created.
+    """
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, read-only file system
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{str(blocker)!r} is a file, not a folder" if blocker is not None else f"{type(err).__name__}: {err.strerror or err}"
+        raise PruningConfigError(f"output_dir {str(folder)!r} cannot be created: {why}",
+                                 hint="give --output_dir a folder you can write to") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders ``_make_dirs`` created (deepest first) while they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (e.g. another worker uses it): keep it and its parents
+            return
 
 
 def _parse_check(fit_config: dict[str, Any], output_dir: Path, opts: TuneSettings) -> None:
