@@ -12,6 +12,8 @@ ready for ``export_onnx`` or any dense runtime.
 from __future__ import annotations
 
 import io
+import math
+import operator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,8 +96,48 @@ def save_sparse(model: nn.Module | Mapping[str, Tensor], path: str | Path) -> di
             "compressed_tensors": list(sparse)}
 
 
+def _decode(payload: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The dense ``state_dict`` of a :func:`save_sparse` payload; ``ValueError`` says what is damaged."""
+    order, dense, sparse = payload.get("order"), payload.get("dense"), payload.get("sparse")
+    if not isinstance(order, list) or not isinstance(dense, dict) or not isinstance(sparse, dict):
+        raise ValueError("its 'order', 'dense' or 'sparse' entry is missing or of the wrong type")
+    state: dict[str, Tensor] = {}
+    for name in order:
+        if name in dense:
+            if not isinstance(dense[name], Tensor):
+                raise ValueError(f"{name!r} is a {type(dense[name]).__name__}, not a tensor")
+            state[name] = dense[name]
+            continue
+        entry = sparse.get(name)
+        if not isinstance(entry, dict):
+            raise ValueError(f"{name!r} is listed in 'order' but stored nowhere")
+        values, bits, sizes = entry.get("values"), entry.get("bits"), entry.get("shape")
+        try:
+            shape = [operator.index(size) for size in sizes]
+        except TypeError as err:
+            raise ValueError(f"{name!r} has the shape {sizes!r}") from err
+        if any(size < 0 for size in shape):
+            raise ValueError(f"{name!r} has the shape {shape}")
+        if not isinstance(values, Tensor) or not isinstance(bits, Tensor) or bits.dtype != torch.uint8:
+            raise ValueError(f"{name!r} lacks its uint8 'bits' or its 'values' tensor")
+        numel = math.prod(shape)
+        if bits.numel() != (numel + 7) // 8:
+            raise ValueError(f"{name!r} has {bits.numel()} bytes of bits for {numel} entries")
+        keep = _unpack_bits(bits.flatten(), numel)
+        if int(keep.sum()) != values.numel():
+            raise ValueError(f"{name!r} has {int(keep.sum())} non-zero bits but {values.numel()} values")
+        tensor = torch.zeros(numel, dtype=values.dtype)
+        tensor[keep] = values.flatten()
+        state[name] = tensor.view(shape)
+    return state
+
+
 def load_sparse(path: str | Path, model: nn.Module | None = None, strict: bool = True) -> dict[str, Tensor]:
     """Read a :func:`save_sparse` file back into a dense ``state_dict`` (and into ``model``, if given).
+
+    The file is read with ``torch.load(weights_only=True)`` after a check that it is a complete
+    archive. With ``model``, the names (if ``strict``) and shapes are checked before anything is
+    loaded, and the load is all or nothing: on any failure ``model`` keeps its values.
 
     Args:
         path: A file written by :func:`save_sparse`.
@@ -105,29 +147,51 @@ def load_sparse(path: str | Path, model: nn.Module | None = None, strict: bool =
     Returns:
         The dense ``state_dict`` (CPU tensors, original order).
 
+    Raises:
+        PruningConfigError: naming ``path``: a missing, truncated or damaged file, one not written
+            by :func:`save_sparse`, or one whose tensors do not fit ``model``.
+
     Example:
         >>> # state = load_sparse("sparse_model.pt", model)  # model now holds the dense weights
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        from lightning_prune.errors import PruningConfigError
+    from lightning_prune.artifacts import load_weights_only  # imported here: keeps this module light
+    from lightning_prune.errors import PruningConfigError, check
+    from lightning_prune.structural import snapshot
 
-        raise PruningConfigError(f"{path} is not a {FORMAT} file",
-                                 hint="pass a file written by lightning_prune.sparse.save_sparse")
-    state: dict[str, Tensor] = {}
-    for name in payload["order"]:
-        if name in payload["dense"]:
-            state[name] = payload["dense"][name]
-            continue
-        entry = payload["sparse"][name]
-        values: Tensor = entry["values"]
-        numel = 1
-        for size in entry["shape"]:
-            numel *= size
-        keep = _unpack_bits(entry["bits"], numel)
-        tensor = torch.zeros(numel, dtype=values.dtype)
-        tensor[keep] = values
-        state[name] = tensor.view(entry["shape"])
-    if model is not None:
-        model.load_state_dict(state, strict=strict)
+    hint = "pass a file written by lightning_prune.sparse.save_sparse"
+    payload = load_weights_only(path, hint)
+    file = Path(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        fmt = payload.get("format") if isinstance(payload, dict) else None
+        held = f"format {fmt!r}" if fmt is not None else f"a {type(payload).__name__}"
+        if isinstance(payload, dict) and payload and all(isinstance(v, Tensor) for v in payload.values()):
+            held = f"a plain state_dict of {len(payload)} tensors"
+        raise PruningConfigError(f"{file} is not a {FORMAT} file (it holds {held})", hint=hint)
+    try:
+        state = _decode(payload)
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
+        raise PruningConfigError(f"{file} is a damaged {FORMAT} file: {err}", hint=hint) from err
+    if model is None:
+        return state
+    kind = type(model).__name__
+    fit_hint = ("load it into the architecture it was saved from (a structurally pruned model first needs its "
+                "structure, e.g. with lightning_prune.load_pruned)")
+    current = model.state_dict()
+    if strict:
+        missing, unexpected = [k for k in current if k not in state], [k for k in state if k not in current]
+        check(not missing and not unexpected,
+              f"{file} does not fit the given {kind}: the model has {len(missing)} tensors the file lacks "
+              f"(e.g. {missing[:3]}) and the file {len(unexpected)} the model lacks (e.g. {unexpected[:3]})", fit_hint)
+    for name, tensor in state.items():
+        if name in current:
+            check(tuple(tensor.shape) == tuple(current[name].shape),
+                  f"{file} does not fit the given {kind}: {name} is {list(tensor.shape)} in the file but "
+                  f"{list(current[name].shape)} in the model", fit_hint)
+    try:
+        with snapshot.transaction(model):
+            model.load_state_dict(state, strict=strict)
+    except Exception as err:  # e.g. a module's own _load_from_state_dict; the values were put back
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise PruningConfigError(f"{file} could not be loaded into the given {kind}: {type(err).__name__}: {reason}",
+                                 hint=fit_hint) from err
     return state

@@ -6,11 +6,16 @@ channels were removed puts back tensors of the saved shapes (new ``nn.Parameter`
 linear and normalisation layers, so the module objects stay the same (hooks survive) and the
 structure is exactly the saved one. Snapshots are ``torch.load(weights_only=True)``-safe, so they
 can live in a checkpoint.
+
+:func:`transaction` is the all-or-nothing variant for an operation that may fail half-way (loading
+a file into a model): it puts back the very same parameter, buffer and module objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import itertools
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -82,3 +87,58 @@ def restore(model: nn.Module, snapshot: Mapping[str, torch.Tensor]) -> None:
         touched.add(owner)
     for owner in touched:
         _fix_shape_attributes(modules[owner])
+
+
+_CONTAINERS = ("_parameters", "_buffers", "_modules")
+
+
+@contextlib.contextmanager
+def transaction(model: nn.Module) -> Iterator[None]:
+    """Undo every change made to ``model`` inside the block if the block raises.
+
+    Records, for every submodule, its attributes (so parameters, buffers and submodules replaced by
+    channel surgery come back as the *same objects*, and shape attributes such as ``out_channels``
+    come back too), CPU copies of its parameters' and buffers' values (for changes made in place,
+    e.g. a ``load_state_dict`` that fails half-way) and their ``requires_grad`` flags. On an
+    exception all of it is put back and the exception propagates; on success nothing is undone.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> weight = net.weight
+        >>> try:
+        ...     with transaction(net):
+        ...         net.weight = nn.Parameter(torch.zeros(1, 2))
+        ...         raise RuntimeError("half-way")
+        ... except RuntimeError:
+        ...     pass
+        >>> net.weight is weight, net.weight.shape
+        (True, torch.Size([2, 2]))
+    """
+    modules = list(model.modules())
+    attributes = [(module, dict(module.__dict__), {k: dict(module.__dict__[k]) for k in _CONTAINERS})
+                  for module in modules]
+    tensors: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+    for module in modules:
+        for tensor in itertools.chain(module._parameters.values(), module._buffers.values()):
+            if tensor is not None and id(tensor) not in tensors:
+                tensors[id(tensor)] = (tensor, tensor.detach().to("cpu", copy=True), tensor.requires_grad)
+    try:
+        yield
+    except BaseException:
+        for module, saved, containers in attributes:
+            for key in [k for k in module.__dict__ if k not in saved]:
+                del module.__dict__[key]
+            for key, value in saved.items():
+                if key in containers:  # the same dict objects, with their old contents
+                    value.clear()
+                    value.update(containers[key])
+                module.__dict__[key] = value
+        with torch.no_grad():
+            for tensor, copy, requires_grad in tensors.values():
+                if tensor.shape == copy.shape and tensor.dtype == copy.dtype:
+                    tensor.copy_(copy)
+                else:  # reshaped in place: give it back its old data
+                    tensor.data = copy.to(tensor.device)
+                if tensor.requires_grad != requires_grad and tensor.is_leaf:
+                    tensor.requires_grad_(requires_grad)
+        raise
