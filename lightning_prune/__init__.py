@@ -1,27 +1,66 @@
-"""lightning_prune: structured and unstructured pruning as PyTorch Lightning callbacks."""
+"""lightning_prune: structured and unstructured pruning as PyTorch Lightning callbacks.
 
-from lightning_prune.artifacts import load_pruned
-from lightning_prune.callbacks import (
-    AdaptiveThresholdRollback,
-    GradualMagnitudePruning,
-    LayerFreezer,
-    PruningAwareLR,
-    PruningSatellite,
-    SelfDistillation,
-    SimulatedPruning,
-    StructuredPruning,
-    ThresholdSkipFineTune,
-)
-from lightning_prune.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule
-from lightning_prune.errors import PruningConfigError
-from lightning_prune.export import export_onnx, measure_latency
-from lightning_prune.losses import dg2pf_loss
-from lightning_prune.module import ImageClassifier
-from lightning_prune.sparse import load_sparse, save_sparse
-from lightning_prune.state import PruningReport, StepRecord
-from lightning_prune.tuning import TuneResult, tune
+The public names below are imported on first use (PEP 562), so ``import lightning_prune`` does not
+import torch or Lightning; ``from lightning_prune import StructuredPruning`` and
+``lightning_prune.StructuredPruning`` work as usual, and so does ``lightning_prune.<submodule>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
+    from lightning_prune.artifacts import load_pruned
+    from lightning_prune.callbacks.aap import AdaptiveThresholdRollback
+    from lightning_prune.callbacks.base import PruningSatellite
+    from lightning_prune.callbacks.distillation import SelfDistillation
+    from lightning_prune.callbacks.gradual import GradualMagnitudePruning
+    from lightning_prune.callbacks.ice import LayerFreezer, PruningAwareLR, ThresholdSkipFineTune
+    from lightning_prune.callbacks.simulated import SimulatedPruning
+    from lightning_prune.callbacks.structured import StructuredPruning
+    from lightning_prune.data.cifar import CIFAR10DataModule
+    from lightning_prune.data.digits import DigitsDataModule
+    from lightning_prune.data.image_folder import ImageFolderDataModule
+    from lightning_prune.data.mnist import MNISTDataModule
+    from lightning_prune.errors import PruningConfigError
+    from lightning_prune.export import export_onnx, measure_latency
+    from lightning_prune.losses import dg2pf_loss
+    from lightning_prune.module import ImageClassifier
+    from lightning_prune.sparse import load_sparse, save_sparse
+    from lightning_prune.state import PruningReport, StepRecord
+    from lightning_prune.tuning.tuner import TuneResult, tune
 
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "AdaptiveThresholdRollback": "lightning_prune.callbacks.aap",
+    "CIFAR10DataModule": "lightning_prune.data.cifar",
+    "DigitsDataModule": "lightning_prune.data.digits",
+    "GradualMagnitudePruning": "lightning_prune.callbacks.gradual",
+    "ImageClassifier": "lightning_prune.module",
+    "ImageFolderDataModule": "lightning_prune.data.image_folder",
+    "LayerFreezer": "lightning_prune.callbacks.ice",
+    "MNISTDataModule": "lightning_prune.data.mnist",
+    "PruningAwareLR": "lightning_prune.callbacks.ice",
+    "PruningConfigError": "lightning_prune.errors",
+    "PruningReport": "lightning_prune.state",
+    "PruningSatellite": "lightning_prune.callbacks.base",
+    "SelfDistillation": "lightning_prune.callbacks.distillation",
+    "SimulatedPruning": "lightning_prune.callbacks.simulated",
+    "StepRecord": "lightning_prune.state",
+    "StructuredPruning": "lightning_prune.callbacks.structured",
+    "ThresholdSkipFineTune": "lightning_prune.callbacks.ice",
+    "TuneResult": "lightning_prune.tuning.tuner",
+    "dg2pf_loss": "lightning_prune.losses",
+    "export_onnx": "lightning_prune.export",
+    "load_pruned": "lightning_prune.artifacts",
+    "load_sparse": "lightning_prune.sparse",
+    "measure_latency": "lightning_prune.export",
+    "save_sparse": "lightning_prune.sparse",
+    "tune": "lightning_prune.tuning.tuner",
+}
 
 __all__ = [
     "AdaptiveThresholdRollback",
@@ -50,3 +89,23 @@ __all__ = [
     "save_sparse",
     "tune",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule, e.g. ``lightning_prune.callbacks``) on first access."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

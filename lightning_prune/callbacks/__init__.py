@@ -1,12 +1,35 @@
-"""Pruning callbacks: the controller and its satellites."""
+"""Pruning callbacks: the controller and its satellites.
 
-from lightning_prune.callbacks.aap import AdaptiveThresholdRollback
-from lightning_prune.callbacks.base import PruningSatellite
-from lightning_prune.callbacks.distillation import SelfDistillation
-from lightning_prune.callbacks.gradual import GradualMagnitudePruning
-from lightning_prune.callbacks.ice import LayerFreezer, PruningAwareLR, ThresholdSkipFineTune
-from lightning_prune.callbacks.simulated import SimulatedPruning
-from lightning_prune.callbacks.structured import StructuredPruning
+The names below are imported on first use (PEP 562): importing one callback's module does not
+import all the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
+    from lightning_prune.callbacks.aap import AdaptiveThresholdRollback
+    from lightning_prune.callbacks.base import PruningSatellite
+    from lightning_prune.callbacks.distillation import SelfDistillation
+    from lightning_prune.callbacks.gradual import GradualMagnitudePruning
+    from lightning_prune.callbacks.ice import LayerFreezer, PruningAwareLR, ThresholdSkipFineTune
+    from lightning_prune.callbacks.simulated import SimulatedPruning
+    from lightning_prune.callbacks.structured import StructuredPruning
+
+#: Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "AdaptiveThresholdRollback": "lightning_prune.callbacks.aap",
+    "GradualMagnitudePruning": "lightning_prune.callbacks.gradual",
+    "LayerFreezer": "lightning_prune.callbacks.ice",
+    "PruningAwareLR": "lightning_prune.callbacks.ice",
+    "PruningSatellite": "lightning_prune.callbacks.base",
+    "SelfDistillation": "lightning_prune.callbacks.distillation",
+    "SimulatedPruning": "lightning_prune.callbacks.simulated",
+    "StructuredPruning": "lightning_prune.callbacks.structured",
+    "ThresholdSkipFineTune": "lightning_prune.callbacks.ice",
+}
 
 __all__ = [
     "AdaptiveThresholdRollback",
@@ -19,3 +42,23 @@ __all__ = [
     "StructuredPruning",
     "ThresholdSkipFineTune",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule, e.g. ``callbacks.structured``) on first access."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

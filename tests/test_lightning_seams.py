@@ -1,0 +1,214 @@
+"""Pins of the Lightning behaviour that ``lightning_prune._lightning`` and ``lightning_prune.cli`` rely on.
+
+Each test fails if a Lightning upgrade changes what the library leans on: where a notice is logged,
+which logger ``Trainer(logger=True)`` builds and where it writes, when ``max_epochs`` is defaulted,
+how ``ckpt_path="last"`` picks a file and which folders it looks in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lightning.fabric.loggers import tensorboard as fabric_tensorboard
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
+
+from lightning_prune import cli
+from lightning_prune._lightning import (
+    LITLOGGER_TIP,
+    last_checkpoint,
+    last_checkpoint_dirs,
+    without_litlogger_tip,
+)
+
+QUIET = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+
+@pytest.fixture
+def rank_zero_records() -> Iterator[_Records]:
+    """Every record of the logger Lightning's ``rank_zero_info`` writes to."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    handler = _Records()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+# ------------------------------------------------------------------------------- litlogger tip
+def test_trainer_logs_the_litlogger_tip_through_the_rank_zero_logger(rank_zero_records: _Records) -> None:
+    Trainer(logger=False, enable_checkpointing=False, **QUIET)
+    tips = [r for r in rank_zero_records.records if r.getMessage().startswith(LITLOGGER_TIP)]
+    assert len(tips) == 1
+    assert tips[0].name == "lightning.pytorch.utilities.rank_zero" and tips[0].levelno == logging.INFO
+    assert "litlogger" in tips[0].getMessage()
+
+
+def test_without_litlogger_tip_drops_only_the_tip(rank_zero_records: _Records) -> None:
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    filters_before = list(logger.filters)
+    with without_litlogger_tip():
+        Trainer(logger=False, enable_checkpointing=False, **QUIET)
+    messages = rank_zero_records.messages()
+    assert not any(m.startswith(LITLOGGER_TIP) for m in messages)
+    assert any(m.startswith("GPU available") for m in messages)  # Lightning's other notices still show
+    assert logger.filters == filters_before  # the filter is gone after the block
+    Trainer(logger=False, enable_checkpointing=False, **QUIET)
+    assert any(m.startswith(LITLOGGER_TIP) for m in rank_zero_records.messages())
+
+
+# ------------------------------------------------------------------------------- default logger
+@pytest.mark.parametrize("tensorboard", [False, True], ids=["csv", "tensorboard"])
+def test_cli_default_logger_writes_where_lightnings_default_logger_does(
+        tensorboard: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lightning's choice, forced both ways; the CLI's, forced the same way
+    monkeypatch.setattr(logger_connector, "_TENSORBOARD_AVAILABLE", tensorboard)
+    monkeypatch.setattr(logger_connector, "_TENSORBOARDX_AVAILABLE", False)
+    monkeypatch.setattr(fabric_tensorboard, "_TENSORBOARD_AVAILABLE", tensorboard)  # the logger's own check
+    monkeypatch.setattr(cli, "_tensorboard_available", lambda: tensorboard)
+    root = str(tmp_path / "runs" / ".." / "runs")  # not normalised: the Trainer normalises it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lightning_default = Trainer(logger=True, default_root_dir=root, **QUIET).logger
+    ours = cli._default_logger(root)
+    expected_type = TensorBoardLogger if tensorboard else CSVLogger
+    assert type(lightning_default) is type(ours) is expected_type
+    assert ours.save_dir == lightning_default.save_dir == str(tmp_path / "runs")
+    assert ours.log_dir == lightning_default.log_dir
+    assert (ours.name, ours.version) == (lightning_default.name, lightning_default.version)
+
+
+def test_cli_default_logger_without_default_root_dir_is_in_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lightning_default = Trainer(logger=True, **QUIET).logger
+    assert cli._default_logger(None).log_dir == lightning_default.log_dir == str(tmp_path / "lightning_logs" / "version_0")
+
+
+def test_tensorboard_availability_follows_importability(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    for available in ({"tensorboard"}, {"tensorboardX"}, set()):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *_, a=available: object() if name in a else None)
+        assert cli._tensorboard_available() is bool(available)
+
+
+def test_default_logger_without_tensorboard_gives_the_tensorboardx_notice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why the CLI builds the default logger itself: Lightning's logger=True warns when it falls back to CSV."""
+    monkeypatch.setattr(logger_connector, "_TENSORBOARD_AVAILABLE", False)
+    monkeypatch.setattr(logger_connector, "_TENSORBOARDX_AVAILABLE", False)
+    monkeypatch.setattr(logger_connector, "warning_cache", type(logger_connector.warning_cache)())  # warns once only
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(logger=True, default_root_dir=str(tmp_path), **QUIET)
+        notices = [w for w in caught if "`tensorboardX` has been removed" in str(w.message)]
+        assert len(notices) == 1
+        caught.clear()
+        Trainer(logger=cli._default_logger(tmp_path), default_root_dir=str(tmp_path), **QUIET)
+        assert not [w for w in caught if "tensorboardX" in str(w.message)]
+
+
+# ------------------------------------------------------------------------------- max_epochs
+class _Stop(Exception):
+    pass
+
+
+class _RecordMaxEpochs(Callback):
+    """Record the fit loop's max_epochs when training starts, then end the fit."""
+
+    max_epochs: int | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.max_epochs = trainer.fit_loop.max_epochs
+        raise _Stop
+
+
+@pytest.mark.parametrize(("max_epochs", "expected", "warns"), [(None, 1000, True), (-1, -1, False)],
+                         ids=["unset", "minus-one"])
+def test_fit_defaults_an_unset_max_epochs_to_1000_with_a_warning_and_keeps_minus_one_silently(
+        max_epochs: int | None, expected: int, warns: bool) -> None:
+    record = _RecordMaxEpochs()
+    trainer = Trainer(logger=False, enable_checkpointing=False, max_epochs=max_epochs, callbacks=[record],
+                      limit_train_batches=1, limit_val_batches=0, **QUIET)
+    assert trainer.fit_loop.max_epochs == max_epochs  # Trainer.__init__ leaves it as given
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(_Stop):
+        warnings.simplefilter("always")
+        trainer.fit(BoringModel())
+    assert record.max_epochs == expected
+    assert any("`max_epochs` was not set" in str(w.message) for w in caught) is warns
+
+
+# ------------------------------------------------------------------------------- ckpt_path="last"
+def _touch(path: Path, mtime: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_last_checkpoint_is_the_newest_last_file_by_modification_time(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpts"
+    trainer = Trainer(logger=False, callbacks=[ModelCheckpoint(dirpath=folder, save_last=True)], **QUIET)
+    assert last_checkpoint(trainer) is None  # folder missing
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning's "no last checkpoint" warning is silenced
+        assert last_checkpoint(trainer) is None
+    _touch(folder / "epoch=9-step=90.ckpt", 3000)  # newest, but not a last*.ckpt
+    _touch(folder / "last.ckpt", 1000)
+    _touch(folder / "last-v1.ckpt", 2000)
+    assert last_checkpoint(trainer) == str(folder / "last-v1.ckpt")
+    os.utime(folder / "last.ckpt", (2500, 2500))
+    assert last_checkpoint(trainer) == str(folder / "last.ckpt")
+
+
+def test_last_checkpoint_also_considers_the_on_exception_checkpoint(tmp_path: Path) -> None:
+    on_exception = OnExceptionCheckpoint(dirpath=tmp_path / "crash")
+    trainer = Trainer(logger=False, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpts"), on_exception], **QUIET)
+    _touch(tmp_path / "ckpts" / "last.ckpt", 1000)
+    _touch(Path(on_exception.ckpt_path), 2000)
+    assert last_checkpoint(trainer) == on_exception.ckpt_path
+    assert last_checkpoint_dirs(trainer) == [str(tmp_path / "ckpts"), str(tmp_path / "crash")]
+
+
+def test_last_checkpoint_dirs_without_dirpath_is_the_new_runs_folder(tmp_path: Path) -> None:
+    """The folder named is the one ModelCheckpoint then really saves to, and it is a new one."""
+    _touch(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", 1000)  # an earlier run's
+    checkpoint = ModelCheckpoint(save_last=True)
+    trainer = Trainer(logger=CSVLogger(tmp_path), callbacks=[checkpoint], max_epochs=1, limit_train_batches=2,
+                      limit_val_batches=1, log_every_n_steps=1, **QUIET)
+    new_run = str(tmp_path / "lightning_logs" / "version_1" / "checkpoints")
+    assert last_checkpoint_dirs(trainer) == [new_run]
+    assert last_checkpoint(trainer) is None  # the earlier run's last.ckpt is not found
+    trainer.fit(BoringModel())
+    assert checkpoint.dirpath == new_run and (Path(new_run) / "last.ckpt").is_file()
+
+
+def test_last_checkpoint_dirs_without_loggers_is_default_root_dir(tmp_path: Path) -> None:
+    trainer = Trainer(logger=False, default_root_dir=str(tmp_path), **QUIET)  # the default ModelCheckpoint
+    assert last_checkpoint_dirs(trainer) == [str(tmp_path / "checkpoints")]
+    assert last_checkpoint_dirs(Trainer(logger=False, enable_checkpointing=False, **QUIET)) == []
