@@ -4,7 +4,8 @@ The controller calls the fit loop's validation loop (``trainer.fit_loop.epoch_lo
 between pruning and fine-tuning. The run is flagged as a *sanity check* for its duration, which is
 what keeps it a measurement rather than an epoch's validation: ``EarlyStopping`` does not count it
 towards patience, ``ModelCheckpoint`` does not save on it, loggers do not record it, and
-``trainer.num_sanity_val_steps`` limits it to ``eval_batches`` batches. The user's
+``trainer.num_sanity_val_steps`` limits it to ``eval_batches`` batches; progress bars label it
+"Measuring (lightning_prune)" rather than "Sanity Checking". The user's
 ``validation_step`` and ``self.log`` calls run as usual and refresh ``trainer.callback_metrics``.
 This leans on Lightning's loop attributes; ``tests/test_evaluation.py`` pins the behaviour.
 """
@@ -16,6 +17,7 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from lightning_prune._lightning import measurement_label
 from lightning_prune.errors import PruningConfigError
 
 
@@ -36,7 +38,8 @@ def measure(trainer: pl.Trainer, monitor: str, eval_batches: int | None = None) 
     try:
         trainer.sanity_checking = True
         trainer.num_sanity_val_steps = eval_batches if eval_batches is not None else math.inf
-        loop.run()
+        with measurement_label(trainer):
+            loop.run()
     finally:
         trainer.state.stage = stage
         trainer.num_sanity_val_steps = sanity_steps

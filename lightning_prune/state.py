@@ -51,6 +51,12 @@ class PruningReport:
     steps: list[StepRecord] = field(default_factory=list)
     #: Sections other callbacks add (e.g. a freezing probe's cost, AAP rounds).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Whether the plan ran to its end; ``False`` while running and when the fit stopped short.
+    completed: bool = False
+    #: Why the fit ended before the plan did (``None`` when completed).
+    stop_reason: str | None = None
+    #: Steps the plan has (``None`` for an open-ended plan such as AAP's rounds).
+    steps_planned: int | None = None
 
     def totals(self) -> dict[str, Any]:
         """The ``totals`` section."""
@@ -67,6 +73,10 @@ class PruningReport:
             "seconds_finetune": sum(s.seconds_finetune for s in self.steps),
             "steps_finetuned": sum(s.finetuned for s in self.steps),
             "steps_skipped": sum(not s.finetuned for s in self.steps),
+            "completed": self.completed,
+            "stop_reason": self.stop_reason,
+            "steps_planned": self.steps_planned,
+            "steps_done": len(self.steps),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +97,9 @@ class PruningReport:
             seconds_total=totals["seconds_total"],
             steps=[StepRecord(**s) for s in data["steps"]],
             extra=dict(data.get("extra", {})),
+            completed=bool(totals.get("completed", False)),
+            stop_reason=totals.get("stop_reason"),
+            steps_planned=totals.get("steps_planned"),
         )
 
     def write(self, path: str | Path) -> Path:

@@ -125,3 +125,14 @@ def make_trainer(callbacks: list, **kwargs: Any) -> L.Trainer:
     )
     defaults.update(kwargs)
     return L.Trainer(callbacks=callbacks, **defaults)
+
+
+class RankWitness(L.Callback):
+    """Saves each rank's final weights to ``out/rank{R}.pt`` (appended to CLI runs in the DDP tests)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+        torch.save(state, f"{self.out}/rank{trainer.global_rank}.pt")

@@ -69,7 +69,6 @@ FIT_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("untraceable-example", {"example_input": torch.randn(1, 5, 8, 8)}, r"could not be traced for structured pruning in layer 'model.conv1'"),
     ("missing-example-input", {"module": OddBatches}, r"cannot find the model input"),
     ("no-validation", {"val": False}, r"'val_acc' was not logged"),
-    ("two-controllers", {"twice": True}, r"found 2 StructuredPruning callbacks"),
 ]
 
 
@@ -78,13 +77,10 @@ def test_invalid_setups_fail_before_any_surgery(case: str, kwargs: dict[str, Any
     kwargs = dict(kwargs)
     module_cls = kwargs.pop("module", LitTiny)
     with_val = kwargs.pop("val", True)
-    twice = kwargs.pop("twice", False)
     module = module_cls()
     before = shapes(module)
     train, val = odd_loaders() if module_cls is OddBatches else make_data()
     callbacks = [StructuredPruning(pruning_ratio=0.5, **kwargs)]
-    if twice:
-        callbacks.append(StructuredPruning(pruning_ratio=0.3))
     trainer = make_trainer(callbacks, limit_val_batches=None if with_val else 0)
     with pytest.raises(PruningConfigError, match=match) as info:
         trainer.fit(module, train, val if with_val else None)

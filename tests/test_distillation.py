@@ -188,7 +188,7 @@ def test_with_structured_pruning_the_teacher_stays_unpruned() -> None:
 def test_state_round_trip_pickle_and_detach() -> None:
     distiller = SelfDistillation()
     fit(LitTiny(), distiller)
-    assert distiller.state_key == "SelfDistillation{'loss': 'dg2pf', 'alpha': 0.9, 'temperature': 0.5}"
+    assert distiller.state_key == "SelfDistillation"
     state = distiller.state_dict()
     assert state["detached"] is False
     assert all(v.device.type == "cpu" and torch.equal(v, distiller.teacher.state_dict()[k])
@@ -198,5 +198,5 @@ def test_state_round_trip_pickle_and_detach() -> None:
     clone = pickle.loads(pickle.dumps(fresh))
     assert clone.state_dict()["teacher"].keys() == state["teacher"].keys()
     distiller.detach_teacher()
-    assert distiller.teacher is None and distiller.state_dict() == {"detached": True, "teacher": None}
+    assert distiller.teacher is None and {k: v for k, v in distiller.state_dict().items() if k != "hparams"} == {"detached": True, "teacher": None}
     assert SelfDistillation(teacher="t.pt").state_dict()["teacher"] is None  # a file teacher is reloaded, not saved

@@ -20,7 +20,8 @@ from lightning_prune.importance import IMPORTANCES
 STEP_KEYS = {"step", "components", "params", "macs", "metric_after_prune", "metric_after_finetune", "finetuned",
              "finetune_epochs", "seconds_prune", "seconds_eval", "seconds_finetune"}
 TOTAL_KEYS = {"params_before", "params_after", "macs_before", "macs_after", "metric_before", "metric_after",
-              "seconds_total", "seconds_prune", "seconds_eval", "seconds_finetune", "steps_finetuned", "steps_skipped"}
+              "seconds_total", "seconds_prune", "seconds_eval", "seconds_finetune", "steps_finetuned", "steps_skipped",
+              "completed", "stop_reason", "steps_planned", "steps_done"}
 
 
 class Recorder(PruningSatellite, Callback):
@@ -72,11 +73,14 @@ def test_blockwise_prunes_one_block_per_step_and_reports(tmp_path) -> None:
     assert totals["params_after"] == sum(p.numel() for p in module.parameters()) < totals["params_before"]
     assert totals["macs_after"] < totals["macs_before"]
     assert totals["steps_finetuned"] == 3 and totals["steps_skipped"] == 0
+    assert totals["completed"] is True and totals["stop_reason"] is None
+    assert totals["steps_planned"] == totals["steps_done"] == 3
     assert [s["params"] for s in report["steps"]] == sorted((s["params"] for s in report["steps"]), reverse=True)
     assert (tmp_path / "pruned_model.pt").is_file()
-    # pretrain epoch + one fine-tuning epoch per step; no further epoch starts, and the bound shown matches
+    # pretrain epoch + one fine-tuning epoch per step; no further epoch starts, and the plan (not a
+    # max_epochs limit) ended the fit: the bound is past the last epoch, so should_stop ends it silently
     assert trainer.current_epoch == 1 + 3
-    assert trainer.max_epochs == 1 + 3
+    assert trainer.should_stop and trainer.max_epochs > trainer.current_epoch
     assert module.training_steps == (1 + 3) * 4
     assert pruning.report.to_dict() == report
 

@@ -20,8 +20,15 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import PruningSatellite, check_same_monitor, find_controller
+from lightning_prune.callbacks.base import (
+    PruningSatellite,
+    check_resume_hparams,
+    check_same_monitor,
+    check_single,
+    find_controller,
+)
 from lightning_prune.callbacks.structured import StructuredPruning
+from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.schedules import LayerInfo, PruningPlanner, StepPlan
 from lightning_prune.state import StepRecord
@@ -240,14 +247,20 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self._schedulers: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ identity and state
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, target=self.target)
+    def _hparams(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor, "mode": self.mode, "target": self.target, "max_drop": self.max_drop,
+            "param_reduction": self.param_reduction, "flops_reduction": self.flops_reduction,
+            "threshold_init": self.threshold_init, "lambda_init": self.lambda_init,
+            "max_rollbacks": self.max_rollbacks, "convergence_tol": self.convergence_tol,
+            "convergence_rounds": self.convergence_rounds, "max_rounds": self.max_rounds,
+            "epochs_per_round": self.epochs_per_round, "rewind": self.rewind, "layer_weighting": self.layer_weighting,
+        }
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
+            "hparams": self._hparams(),
             "threshold": self.threshold, "lam": self.lam, "rounds": [dict(r) for r in self.rounds],
             "finished": self.finished, "stop_reason": self.stop_reason, "final_round": self.final_round,
             "round": self._round, "stack": list(self._stack), "round0": self._round0, "best": self._best,
@@ -258,6 +271,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
         self.threshold, self.lam = float(state_dict["threshold"]), float(state_dict["lam"])
         self.rounds = [dict(r) for r in state_dict["rounds"]]
         self.finished, self.stop_reason = bool(state_dict["finished"]), state_dict["stop_reason"]
@@ -308,6 +322,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         if stage != "fit":
             return
         controller = find_controller(trainer, self)
+        check_single(trainer, self)
         check_same_monitor(self, controller)
         _check(controller.finetune_epochs == self.epochs_per_round,
                f"StructuredPruning.finetune_epochs={controller.finetune_epochs} differs from "
@@ -319,6 +334,14 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
     # ------------------------------------------------------------------ pruning events
     @override
     def on_pruning_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        before = controller.report.metric_before
+        if self.target == "accuracy" and before is not None and self.mode == "max" and 0 <= before <= self.max_drop:
+            raise PruningConfigError(
+                f"AdaptiveThresholdRollback(max_drop={self.max_drop:g}) accepts any model: {self.monitor} measured "
+                f"{before:.4g} before pruning, so no drop can exceed max_drop",
+                hint="max_drop is in the metric's units: use max_drop=0.01 for one point of an accuracy logged as a "
+                "fraction (1.0 for one point of an accuracy logged in percent)",
+            )
         self._reset()
         if self.layer_weighting == "flops":
             self._measure_spatial(trainer, pl_module, controller)

@@ -7,7 +7,9 @@ points of a step; decisions are broadcast from rank zero so that every rank acts
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 
@@ -110,3 +112,48 @@ def find_controller(trainer: pl.Trainer, owner: object) -> StructuredPruning:
             hint="add `StructuredPruning(...)` to the Trainer's callbacks (once)",
         )
     return found[0]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples become lists), for comparisons after a resume."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def check_resume_hparams(owner: object, saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    """Refuse to continue a run with arguments that differ from those it was started with.
+
+    Callbacks' ``state_key`` is their class name (identity), so a changed argument reaches
+    ``load_state_dict`` and is named here instead of surfacing as a shape mismatch or a silently
+    ignored state. ``saved`` is ``None`` for states written before arguments were recorded.
+    """
+    if saved is None:
+        return
+    now = _plain(dict(current))
+    changed = [(key, saved[key], now[key]) for key in now if key in saved and _plain(saved[key]) != now[key]]
+    if changed:
+        details = "; ".join(f"{key}={new!r} (the checkpoint has {key}={old!r})" for key, old, new in changed)
+        raise PruningConfigError(
+            f"{type(owner).__name__} cannot resume with changed arguments: {details}",
+            hint="resume with the arguments the run was started with, or start a new run without ckpt_path",
+        )
+
+
+def check_resumed_arguments(trainer: pl.Trainer, checkpoint: Mapping[str, Any]) -> None:
+    """Before Lightning restores anything: every callback of this library resumes with its own arguments.
+
+    Callbacks that record their arguments (a ``_hparams()`` method, saved as ``"hparams"`` in their
+    state) are compared with the checkpoint's state under their ``state_key``.
+    """
+    states = checkpoint.get("callbacks", {})
+    for callback in trainer.callbacks:
+        state = states.get(callback.state_key) if hasattr(callback, "_hparams") else None
+        if isinstance(state, Mapping):
+            check_resume_hparams(callback, state.get("hparams"), callback._hparams())  # type: ignore[attr-defined]
+
+
+def check_single(trainer: pl.Trainer, owner: object) -> None:
+    """One instance of a stateful callback per Trainer: their checkpoint state is keyed by class."""
+    count = sum(type(cb) is type(owner) for cb in trainer.callbacks)
+    if count != 1:
+        name = type(owner).__name__
+        raise PruningConfigError(f"found {count} {name} callbacks", hint=f"use one {name} callback per Trainer")

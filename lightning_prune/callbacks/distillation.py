@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune._logging import info
+from lightning_prune.callbacks.base import check_resume_hparams, check_single
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.losses import dg2pf_loss, distillation_kl
@@ -144,10 +145,10 @@ class SelfDistillation(Callback):
         self._captured: tuple[tuple[Any, ...], dict[str, Any], Any] | None = None
 
     # ------------------------------------------------------------------ identity and state
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(loss=self.loss, alpha=self.alpha, temperature=self.temperature)
+    def _hparams(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "temperature": self.temperature, "loss": self.loss, "gamma": self.gamma,
+                "beta": self.beta, "teacher": self.teacher_path, "scale_by_t2": self.scale_by_t2,
+                "student_module": self.student_module, "target_key": self.target_key, "start_epoch": self.start_epoch}
 
     @property
     def detached(self) -> bool:
@@ -160,10 +161,11 @@ class SelfDistillation(Callback):
         if not self._detached and self.teacher_path is None:
             source = self.teacher.state_dict() if self.teacher is not None else self._pending_teacher
             weights = {k: v.detach().cpu().clone() for k, v in source.items()} if source is not None else None
-        return {"detached": self._detached, "teacher": weights}
+        return {"hparams": self._hparams(), "detached": self._detached, "teacher": weights}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
         self._detached = bool(state_dict["detached"])
         weights = state_dict["teacher"]
         if self._detached:
@@ -214,6 +216,7 @@ class SelfDistillation(Callback):
         from lightning_prune.callbacks.gradual import GradualMagnitudePruning
         from lightning_prune.callbacks.structured import StructuredPruning
 
+        check_single(trainer, self)
         _check(pl_module.automatic_optimization, f"{type(pl_module).__name__} uses manual optimization",
                "SelfDistillation changes the loss training_step returns, which needs automatic optimization")
         controllers = [cb for cb in trainer.callbacks if isinstance(cb, GradualMagnitudePruning | StructuredPruning)]

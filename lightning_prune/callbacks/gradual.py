@@ -13,12 +13,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune import evaluation
+from lightning_prune import _lightning, evaluation
 from lightning_prune._logging import info
+from lightning_prune.callbacks.base import check_resume_hparams, check_resumed_arguments
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.sparse import save_sparse
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from lightning_prune.callbacks.distillation import SelfDistillation
 
 __all__ = ["DEFAULT_FINETUNE_OPTIMIZER", "GradualMagnitudePruning", "GradualReport"]
+
+#: File names of the compact sparse model: a finished run, and one stopped before its plan's end.
+SPARSE_MODEL, SPARSE_MODEL_INCOMPLETE = "sparse_model.pt", "sparse_model.incomplete.pt"
 
 PHASES = ("pretrain", "prune", "converge", "finetune", "done")
 #: Phase 2 of DG2PF (pruned fine-tuning): SGD, lr 1e-4, momentum 0.9, weight decay 5e-4.
@@ -107,6 +110,13 @@ class GradualReport:
     history: list[dict[str, Any]] = field(default_factory=list)
     sparsity: dict[str, Any] = field(default_factory=dict)
     size: dict[str, Any] = field(default_factory=dict)
+    #: Whether the run reached its planned end (target sparsity, then its phases or its own epoch cap).
+    completed: bool = False
+    #: Why the fit ended before the plan did (``None`` when completed).
+    stop_reason: str | None = None
+    #: Prunes done and planned (one at the start of each pruning epoch).
+    prunes_done: int = 0
+    prunes_planned: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -239,7 +249,7 @@ class GradualMagnitudePruning(Callback):
         self.output_dir, self.save_sparse_model = output_dir, save_sparse_model
         self.schedule = M.linear_sparsity_schedule(self.sparsity, pruning_epochs)
         self.report = GradualReport(target_sparsity=self.sparsity, scope=scope, schedule=list(self.schedule),
-                                    monitor=monitor)
+                                    monitor=monitor, prunes_planned=pruning_epochs)
         self._phase = "pretrain"
         self._prunes_done = 0
         self._best: float | None = None
@@ -255,6 +265,7 @@ class GradualMagnitudePruning(Callback):
         self._clock_start: float | None = None
         self._elapsed_before = 0.0
         self._measuring = False
+        self._out: Path | None = None  # resolved on every rank in setup (trainer.log_dir is a collective)
 
     # ------------------------------------------------------------------ public state
     @property
@@ -277,14 +288,21 @@ class GradualMagnitudePruning(Callback):
         """Parameter name -> the prunable parameters of the module being trained."""
         return self._params
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(sparsity=self.sparsity, pruning_epochs=self.pruning_epochs, scope=self.scope)
+    def _hparams(self) -> dict[str, Any]:
+        """The arguments a resumed run must share with the run that wrote the checkpoint."""
+        return {
+            "sparsity": self.sparsity, "pruning_epochs": self.pruning_epochs, "scope": self.scope,
+            "monitor": self.monitor, "mode": self.mode, "patience": self.patience, "min_delta": self.min_delta,
+            "pretrain_epochs": self.pretrain_epochs, "include_bias": self.include_bias,
+            "include_norm": self.include_norm, "ignored_layers": self.ignored_layers, "finetune": self.finetune,
+            "finetune_optimizer": [self.finetune_spec[0], self.finetune_spec[1]],
+            "finetune_patience": self.finetune_patience, "max_epochs": self.max_epochs,
+        }
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
+            "hparams": self._hparams(),
             "phase": self._phase,
             "prunes_done": self._prunes_done,
             "best": self._best,
@@ -299,6 +317,7 @@ class GradualMagnitudePruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
         self._phase = state_dict["phase"]
         self._prunes_done = state_dict["prunes_done"]
         self._best = state_dict["best"]
@@ -326,9 +345,8 @@ class GradualMagnitudePruning(Callback):
         from lightning_prune.callbacks.distillation import SelfDistillation
         from lightning_prune.callbacks.structured import StructuredPruning
 
-        _check(isinstance(trainer.strategy, SingleDeviceStrategy | DDPStrategy),
-               f"strategy {type(trainer.strategy).__name__} is not supported by GradualMagnitudePruning",
-               "use a single device or strategy='ddp'; sharded strategies (FSDP, DeepSpeed) are not supported")
+        _lightning.check_strategy(trainer, "GradualMagnitudePruning")
+        _lightning.check_trains(trainer, "GradualMagnitudePruning")
         controllers = [cb for cb in trainer.callbacks if isinstance(cb, GradualMagnitudePruning)]
         _check(len(controllers) == 1, f"found {len(controllers)} GradualMagnitudePruning callbacks",
                "use one GradualMagnitudePruning callback per Trainer")
@@ -343,6 +361,18 @@ class GradualMagnitudePruning(Callback):
         _check(bool(self._params), f"nothing to prune in {type(pl_module).__name__}: no conv or linear weights "
                "outside ignored_layers", "narrow ignored_layers, or set include_norm/include_bias")
         self._distillers = [cb for cb in trainer.callbacks if isinstance(cb, SelfDistillation)]
+        self._out = _lightning.output_dir(trainer, self.output_dir)
+        _lightning.guard_checkpoint_loading(trainer, lambda path, ckpt: self._check_resumed(trainer, path, ckpt, pl_module))
+
+    def _check_resumed(self, trainer: pl.Trainer, path: Path, checkpoint: dict[str, Any],
+                       pl_module: pl.LightningModule) -> None:
+        """Before anything is restored: the same arguments for every callback, and a checkpoint of this model."""
+        check_resumed_arguments(trainer, checkpoint)
+        _lightning.check_checkpoint_fits(path, checkpoint.get("state_dict", {}), pl_module, replays=False)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _lightning.unguard_checkpoint_loading(trainer)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -426,23 +456,48 @@ class GradualMagnitudePruning(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._masks:  # stopped before the first prune
-            return
+        if self._phase != "done":
+            _check(not (self.report.epochs["pretrain"] == 0 and not self._masks
+                        and _lightning.no_training_batches(trainer)),
+                   "the training dataloader has no batches: GradualMagnitudePruning cannot run its plan",
+                   "check the DataModule's train split and batch_size")
+            self.report.completed, self.report.stop_reason = False, _lightning.stop_reason(trainer)
+            info(f"[lightning_prune] the fit stopped before the pruning plan was complete "
+                 f"({self.report.stop_reason}): {self._prunes_done} of {self.pruning_epochs} prunes done, "
+                 f"phase {self._phase}")
         self._summarise()
         if not trainer.is_global_zero:
             return
-        out = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        out = self._out if self._out is not None else Path(self.output_dir or trainer.default_root_dir)
+        name = SPARSE_MODEL if self.report.completed else SPARSE_MODEL_INCOMPLETE
         if self.save_sparse_model:
-            self.report.size = save_sparse(pl_module, out / "sparse_model.pt")
+            self.report.size = save_sparse(pl_module, out / name)
         self.report.write(out / "report.json")
         layers = self.report.sparsity["layers"]
-        info(f"[lightning_prune] sparsity {self.report.sparsity['overall']:.4f} over {len(layers)} tensors; "
+        status = "" if self.report.completed else f"INCOMPLETE ({self.report.stop_reason}): "
+        info(f"[lightning_prune] {status}sparsity {self.report.sparsity['overall']:.4f} over {len(layers)} tensors; "
              f"{self.monitor} {_fmt(self.report.metric_before)} -> {_fmt(self.report.metric_after)}; "
              f"epochs {self.report.epochs}")
         if self.report.size:
-            info(f"[lightning_prune] sparse_model.pt {self.report.size['bytes']:,} bytes vs dense "
+            info(f"[lightning_prune] {name} {self.report.size['bytes']:,} bytes vs dense "
                  f"{self.report.size['dense_bytes']:,} ({self.report.size['ratio']:.2f}x smaller)")
         info(f"[lightning_prune] wrote {out / 'report.json'}")
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A crashed or interrupted fit leaves a report that says so (the checkpoint is what resumes)."""
+        _lightning.unguard_checkpoint_loading(trainer)  # Lightning skips teardown hooks when fit raises
+        if (not trainer.is_global_zero or self._out is None or self._phase == "done" or not self._masks
+                or isinstance(exception, PruningConfigError)):
+            return  # a refusal leaves the output folder untouched; before the first prune there is nothing to report
+        self.report.completed = False
+        self.report.stop_reason = f"the fit raised {type(exception).__name__}: {exception}"
+        self.report.prunes_done = self._prunes_done
+        self.report.seconds_total = self._elapsed()
+        try:
+            self.report.write(self._out / "report.json")
+        except OSError as err:  # never hide the original exception
+            info(f"[lightning_prune] could not write {self._out / 'report.json'}: {err}")
 
     # ------------------------------------------------------------------ the plan
     def _prunable(self, pl_module: pl.LightningModule) -> dict[str, torch.nn.Parameter]:
@@ -550,11 +605,17 @@ class GradualMagnitudePruning(Callback):
 
     def _finish(self, trainer: pl.Trainer) -> None:
         if self._phase != "done":
+            if self._prunes_done < self.pruning_epochs:  # the epoch cap came before the target sparsity
+                self.report.stop_reason = f"max_epochs={self.max_epochs} (GradualMagnitudePruning) reached " \
+                                          f"after {self._prunes_done} of {self.pruning_epochs} prunes"
+            else:
+                self.report.completed = True
             self._phase = "done"
             info(f"[lightning_prune] epoch {trainer.current_epoch}: done")
-        trainer.should_stop = True
+        _lightning.end_on_should_stop(trainer)
 
     def _summarise(self) -> None:
+        self.report.prunes_done = self._prunes_done
         self.report.metric_after = self._last_val[1] if self._last_val is not None else None
         stats = M.sparsity_stats(self._params)
         self.report.sparsity = stats

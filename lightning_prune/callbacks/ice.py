@@ -15,8 +15,15 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import PruningSatellite, check_same_monitor, find_controller
+from lightning_prune.callbacks.base import (
+    PruningSatellite,
+    check_resume_hparams,
+    check_same_monitor,
+    check_single,
+    find_controller,
+)
 from lightning_prune.callbacks.structured import StructuredPruning
+from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.state import StepRecord
 from lightning_prune.structural import graph as structure
@@ -37,7 +44,10 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
 
     Args:
         monitor: Must be the controller's monitor.
-        threshold: Fine-tune when ``drop >= threshold`` (>= 0).
+        threshold: Fine-tune when ``drop >= threshold`` (>= 0), in the metric's units: the default 0.01 is
+            one point of accuracy logged as a fraction (use 1.0 for accuracy logged in percent). A
+            threshold the drop can never reach (above the unpruned model's metric, for a non-negative
+            ``"max"`` metric) is refused when pruning starts.
         mode: ``"max"`` if higher is better, else ``"min"``.
         reference: ``"original"`` (the unpruned model, as the authors' code) or ``"previous"`` (the
             metric before this step, i.e. after the previous step's fine-tuning).
@@ -53,7 +63,7 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
     def __init__(
         self,
         monitor: str = "val_acc",
-        threshold: float = 1.0,
+        threshold: float = 0.01,
         mode: str = "max",
         reference: str = "original",
         eval_batches: int | None = None,
@@ -75,17 +85,18 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
         self.decisions: list[dict[str, Any]] = []
         self._controller: StructuredPruning | None = None
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, threshold=self.threshold, reference=self.reference)
+    def _hparams(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "threshold": self.threshold, "mode": self.mode, "reference": self.reference,
+                "eval_batches": self.eval_batches, "recover": self.recover,
+                "max_finetune_epochs": self.max_finetune_epochs}
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"decisions": [dict(d) for d in self.decisions]}
+        return {"hparams": self._hparams(), "decisions": [dict(d) for d in self.decisions]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
         self.decisions = [dict(d) for d in state_dict["decisions"]]
 
     @override
@@ -93,6 +104,7 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
         if stage != "fit":
             return
         controller = find_controller(trainer, self)
+        check_single(trainer, self)
         check_same_monitor(self, controller)
         if self.eval_batches is not None:
             _check(controller.eval_batches in (None, self.eval_batches),
@@ -100,6 +112,19 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
                    "set eval_batches on one of them only")
             controller.eval_batches = self.eval_batches
         self._controller = controller
+
+    @override
+    def on_pruning_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+        """Refuse a threshold the drop can never reach, before the first surgery."""
+        before = controller.report.metric_before
+        if before is not None and self.mode == "max" and 0 <= before < self.threshold:
+            raise PruningConfigError(
+                f"ThresholdSkipFineTune(threshold={self.threshold:g}) can never be reached: {self.monitor} measured "
+                f"{before:.4g} before pruning, so no step can drop it by more than {before:.4g} and no step "
+                "would ever be fine-tuned",
+                hint="thresholds are in the metric's units: use threshold=0.01 for one point of an accuracy "
+                "logged as a fraction (1.0 for one point of an accuracy logged in percent)",
+            )
 
     def _reference_value(self, controller: StructuredPruning, record: StepRecord) -> float:
         assert controller.report.metric_before is not None
@@ -192,17 +217,16 @@ class PruningAwareLR(PruningSatellite, Callback):
         self.original: int | None = None
         self.history: list[dict[str, float]] = []
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(lr_base=self.lr_base, delta=self.delta, midpoint=self.midpoint, beta=self.beta)
+    def _hparams(self) -> dict[str, Any]:
+        return {"lr_base": self.lr_base, "delta": self.delta, "midpoint": self.midpoint, "beta": self.beta}
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"original": self.original, "history": [dict(h) for h in self.history]}
+        return {"hparams": self._hparams(), "original": self.original, "history": [dict(h) for h in self.history]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
         self.original = state_dict["original"]
         self.history = [dict(h) for h in state_dict["history"]]
 
@@ -210,6 +234,7 @@ class PruningAwareLR(PruningSatellite, Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             find_controller(trainer, self)
+            check_single(trainer, self)
 
     def lr_max(self, remaining: float) -> float:
         """Eq. 1 with this callback's hyperparameters."""
@@ -290,18 +315,18 @@ class LayerFreezer(PruningSatellite, Callback):
         self.scores: dict[str, float] = {}
         self._measurements: dict[str, dict[str, float]] = {}
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(freeze_fraction=self.freeze_fraction, probe=self.probe)
+    def _hparams(self) -> dict[str, Any]:
+        return {"freeze_fraction": self.freeze_fraction, "probe": self.probe, "freeze_bn": self.freeze_bn,
+                "freeze_bn_stats": self.freeze_bn_stats}
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"frozen": self.frozen, "norms": dict(self.norms), "scores": dict(self.scores),
+        return {"hparams": self._hparams(), "frozen": self.frozen, "norms": dict(self.norms), "scores": dict(self.scores),
                 "measurements": {k: dict(v) for k, v in self._measurements.items()}}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
         self.frozen = state_dict["frozen"]
         self.norms = dict(state_dict["norms"])
         self.scores = dict(state_dict["scores"])
@@ -311,6 +336,7 @@ class LayerFreezer(PruningSatellite, Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             find_controller(trainer, self)
+            check_single(trainer, self)
 
     @override
     def wants_probe(self, controller: StructuredPruning) -> bool:

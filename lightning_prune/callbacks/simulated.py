@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_prune.callbacks.base import check_single
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.structural import masks as M
@@ -51,11 +52,6 @@ class SimulatedPruning(Callback):
         self._saved: dict[str, tuple[Tensor, Tensor]] = {}
 
     @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(sparsity=self.sparsity)
-
-    @property
     def simulating(self) -> bool:
         """True between a batch's zeroing and the restore."""
         return bool(self._saved)
@@ -70,6 +66,7 @@ class SimulatedPruning(Callback):
                 f"SimulatedPruning needs exactly one GradualMagnitudePruning callback, found {len(found)}",
                 hint="add `GradualMagnitudePruning(...)` to the Trainer's callbacks (once)",
             )
+        check_single(trainer, self)
         self._controller = found[0]
 
     @override

@@ -12,22 +12,31 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.optimizer import _optimizers_to_device
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies import DDPStrategy
 from typing_extensions import override
 
-from lightning_prune import artifacts, evaluation
+from lightning_prune import _lightning, artifacts, evaluation
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import PruningSatellite
+from lightning_prune.callbacks.base import PruningSatellite, check_resume_hparams, check_resumed_arguments
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.importance import ChannelImportance, calibrate, get_importance
-from lightning_prune.schedules import SCHEDULES, PruningPlanner, make_planner
+from lightning_prune.schedules import (
+    SCHEDULES,
+    BlockwisePlanner,
+    PruningPlanner,
+    UniformPlanner,
+    channels_to_keep,
+    make_planner,
+)
 from lightning_prune.state import PruningReport, StepRecord
+from lightning_prune.summary import summary_table
 from lightning_prune.structural import graph as structure
 from lightning_prune.structural import snapshot as snapshots
 
 _PHASES = ("pretrain", "pruning", "final", "done")
+#: File names of the pruned model: a finished run, and one stopped before its plan's end.
+PRUNED_MODEL, PRUNED_MODEL_INCOMPLETE = "pruned_model.pt", "pruned_model.incomplete.pt"
 
 
 def batch_input(batch: Any) -> torch.Tensor:
@@ -157,6 +166,7 @@ class StructuredPruning(Callback):
         if importance == "random":
             kwargs.setdefault("seed", seed)
         self.importance = get_importance(importance, **kwargs)
+        self.importance_kwargs = dict(importance_kwargs or {})
         self.pruning_ratio = float(pruning_ratio)
         self.schedule, self.steps, self.scope, self.round_to = schedule, steps, scope, round_to
         self.calibration_batches = calibration_batches
@@ -183,17 +193,25 @@ class StructuredPruning(Callback):
         self._probe_done = False
         self._satellites: list[PruningSatellite] = []
         self._original_on_load: Any = None
+        self._out: Path | None = None  # resolved on every rank in setup (trainer.log_dir is a collective)
 
     # ------------------------------------------------------------------ identity and state
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(schedule=self.schedule, pruning_ratio=self.pruning_ratio,
-                                        importance=self.importance.name)
+    def _hparams(self) -> dict[str, Any]:
+        """The arguments a resumed run must share with the run that wrote the checkpoint."""
+        return {
+            "pruning_ratio": self.pruning_ratio, "schedule": self.schedule, "steps": self.steps, "scope": self.scope,
+            "importance": self.importance.name, "importance_kwargs": self.importance_kwargs,
+            "calibration_batches": self.calibration_batches, "ignored_layers": self.ignored_layers,
+            "prune_head": self.prune_head, "prune_coupled": self.prune_coupled, "round_to": self.round_to,
+            "pretrain_epochs": self.pretrain_epochs, "finetune_epochs": self.finetune_epochs,
+            "final_finetune_epochs": self.final_finetune_epochs, "monitor": self.monitor, "mode": self.mode,
+            "seed": self.seed,
+        }
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
+            "hparams": self._hparams(),
             "phase": self._phase,
             "epochs_in_phase": self._epochs_in_phase,
             "next_step": self._next_step,
@@ -213,6 +231,7 @@ class StructuredPruning(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
         self._phase = state_dict["phase"]
         self._epochs_in_phase = state_dict["epochs_in_phase"]
         self._next_step = state_dict["next_step"]
@@ -242,13 +261,8 @@ class StructuredPruning(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        strategy = trainer.strategy
-        _check(isinstance(strategy, SingleDeviceStrategy | DDPStrategy),
-               f"strategy {type(strategy).__name__} is not supported by structured pruning",
-               "use a single device or strategy='ddp'; strategies that shard parameters (FSDP, DeepSpeed) cannot be pruned yet")
-        _check(not isinstance(getattr(strategy, "launcher", None), _MultiProcessingLauncher),
-               "spawned DDP (ddp_spawn, ddp_notebook) cannot return a pruned model to the main process",
-               "use strategy='ddp', which runs your script once per process")
+        _lightning.check_strategy(trainer, "StructuredPruning")
+        _lightning.check_trains(trainer, "StructuredPruning")
         controllers = [cb for cb in trainer.callbacks if isinstance(cb, StructuredPruning)]
         _check(len(controllers) == 1, f"found {len(controllers)} StructuredPruning callbacks",
                "use one StructuredPruning callback per Trainer")
@@ -261,10 +275,21 @@ class StructuredPruning(Callback):
             example = pl_module.example_input_array
             if isinstance(example, torch.Tensor):
                 self._example = example.detach().cpu()
+        self._out = _lightning.output_dir(trainer, self.output_dir)
         self._install_restore_hook(pl_module)
+        _lightning.guard_checkpoint_loading(trainer, lambda path, ckpt: self._check_resumed(trainer, path, ckpt, pl_module))
+
+    def _check_resumed(self, trainer: pl.Trainer, path: Path, checkpoint: dict[str, Any],
+                       pl_module: pl.LightningModule) -> None:
+        """Before anything is restored: the same arguments for every callback, and a checkpoint of this model."""
+        check_resumed_arguments(trainer, checkpoint)
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        _lightning.check_checkpoint_fits(path, checkpoint.get("state_dict", {}), pl_module,
+                                       replays=bool(state and state.get("history")))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _lightning.unguard_checkpoint_loading(trainer)
         if self._original_on_load is not None:
             pl_module.on_load_checkpoint = self._original_on_load  # type: ignore[method-assign]
             if pl_module.__dict__.get("on_load_checkpoint") is self._original_on_load:
@@ -330,7 +355,7 @@ class StructuredPruning(Callback):
                 self._epochs_in_phase += 1
                 return
             self._finish(trainer, pl_module, trainer.current_epoch - 1)
-        trainer.should_stop = True
+        _lightning.end_on_should_stop(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -348,7 +373,7 @@ class StructuredPruning(Callback):
             self._end_plan(trainer, pl_module)
         if self._phase == "final" and self._epochs_in_phase >= self.final_finetune_epochs:
             self._finish(trainer, pl_module, trainer.current_epoch)
-            trainer.should_stop = True
+            _lightning.end_on_should_stop(trainer)
         elif 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch + 1:
             trainer.fit_loop.max_epochs = trainer.current_epoch + 2  # the plan is not finished yet
 
@@ -362,21 +387,56 @@ class StructuredPruning(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.report.metric_before is None:  # stopped before the first step
-            return
-        if self._phase != "done":  # stopped early by the user or another callback
+        if self._phase == "done":
+            self.report.completed, self.report.stop_reason = True, None
+        else:  # stopped before the plan was complete: by a limit, another callback, or no data
+            _check(not (self.report.metric_before is None and _lightning.no_training_batches(trainer)),
+                   "the training dataloader has no batches: StructuredPruning cannot run its plan",
+                   "check the DataModule's train split and batch_size (drop_last with fewer samples than a batch "
+                   "gives an empty loader)")
+            self._stopped_short(trainer, pl_module, _lightning.stop_reason(trainer))
+        self._write_outputs(trainer, pl_module)
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A crashed or interrupted fit leaves a report that says so (the checkpoint is what resumes)."""
+        self.teardown(trainer, pl_module, "fit")  # Lightning skips teardown hooks when fit raises
+        if (not trainer.is_global_zero or self._out is None or self._phase == "done"
+                or self.report.metric_before is None or isinstance(exception, PruningConfigError)):
+            return  # a refusal leaves the output folder untouched; before pruning there is nothing to report
+        self.report.completed = False
+        self.report.stop_reason = f"the fit raised {type(exception).__name__}: {exception}"
+        self.report.steps_planned = self._steps_planned()
+        self.report.seconds_total = self._elapsed()
+        try:
+            self.report.write(self._out / "report.json")
+        except OSError as err:  # never hide the original exception
+            info(f"[lightning_prune] could not write {self._out / 'report.json'}: {err}")
+
+    def _stopped_short(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
+        """Close what can be closed and mark the report incomplete, with the reason."""
+        if self.report.metric_before is not None:
             self._close_pending(trainer, trainer.current_epoch, measure_if_stale=False, notify=False)
             if self._phase in ("pruning", "probe"):
                 for satellite in self._satellites:
                     satellite.on_pruning_end(trainer, pl_module, self)
-            if self._last_val is not None:
-                metric = self._last_val[1]
-            elif self.report.steps:  # a satellite restored a model whose steps carry its metric
-                metric = self.report.steps[-1].metric_after_finetune
-            else:
-                metric = self.report.metric_before  # the unpruned model
-            self._summarise(pl_module, metric=metric)
-        self._write_outputs(trainer, pl_module)
+        if self._last_val is not None:
+            metric: float | None = self._last_val[1]
+        elif self.report.steps:  # a satellite restored a model whose steps carry its metric
+            metric = self.report.steps[-1].metric_after_finetune
+        else:
+            metric = self.report.metric_before  # the unpruned model (None if never measured)
+        if self.report.metric_before is None:  # stopped before pruning started: the model is unpruned
+            self.report.params_before = structure.count_params(pl_module)
+            if self._example is not None:
+                self.report.macs_before = structure.count_macs(pl_module, self._example.to(pl_module.device))
+        self._summarise(pl_module, metric=metric)
+        self.report.completed, self.report.stop_reason = False, reason
+        info(f"[lightning_prune] the fit stopped before the pruning plan was complete ({reason}): "
+             f"{len(self.report.steps)} of {self._steps_planned() or '?'} steps done")
+
+    def _steps_planned(self) -> int | None:
+        return self.planner.num_steps() if self._planner_ready else None
 
     # ------------------------------------------------------------------ the plan
     def _has_next_step(self) -> bool:
@@ -492,6 +552,13 @@ class StructuredPruning(Callback):
 
     def _scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, layers: dict[str, structure.PrunableLayer],
                 names: list[str]) -> dict[str, torch.Tensor]:
+        scores = self._raw_scores(trainer, pl_module, layers, names)
+        for name in names:
+            _check_scores(self.importance.name, name, scores[name], layers[name].channels)
+        return scores
+
+    def _raw_scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                    layers: dict[str, structure.PrunableLayer], names: list[str]) -> dict[str, torch.Tensor]:
         if self.importance.requires_data:
             modules = dict(pl_module.named_modules())
             sources = {name: modules[layers[name].source] for name in names}
@@ -538,13 +605,37 @@ class StructuredPruning(Callback):
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Trace the model and fix the plan before any training: structural errors surface here."""
-        _, layers = self._layers(pl_module, self.example_input(trainer, pl_module))
+        example = self.example_input(trainer, pl_module)
+        graph, layers = self._layers(pl_module, example)
+        untraced = structure.untraced_layers(pl_module, graph, self.ignored_layers)
+        inert = self._inert_layers(layers)
+        _check(len(inert) < len(layers), f"nothing would be pruned: with pruning_ratio={self.pruning_ratio} and "
+               f"round_to={self.round_to} every prunable layer keeps all its channels (largest has "
+               f"{max(layer.channels for layer in layers.values())})",
+               "lower round_to below the layers' channel counts, or raise pruning_ratio")
+        if not self.importance.requires_data:  # a custom criterion's mistakes surface before any training
+            state = self.importance.state_dict()
+            self._scores(trainer, pl_module, layers, list(layers))
+            self.importance.load_state_dict(state)
         self.planner.setup(list(layers.values()))
         self._planner_ready = True
+        self.report.extra["plan"] = {"layers": list(layers), "untraced": untraced, "unchanged_by_round_to": inert}
         total = self.planner.num_steps()
         info(f"[lightning_prune] plan: {len(layers)} prunable layers in "
              f"{total if total is not None else 'an adaptive number of'} steps "
              f"({self.schedule}, ratio {self.pruning_ratio}, importance {self.importance.name})")
+        if untraced:
+            info(f"[lightning_prune] not in the traced graph (output unused or detached), left unpruned: "
+                 f"{', '.join(untraced)}")
+        if inert:
+            info(f"[lightning_prune] round_to={self.round_to} leaves these layers unchanged: {', '.join(inert)}")
+
+    def _inert_layers(self, layers: dict[str, structure.PrunableLayer]) -> list[str]:
+        """Layers the built-in schedules would not change (``round_to`` above what the ratio removes)."""
+        if self.round_to is None or not isinstance(self.planner, BlockwisePlanner | UniformPlanner):
+            return []  # a satellite's planner decides by its own rule
+        return [n for n, layer in layers.items()
+                if channels_to_keep(layer.channels, self.pruning_ratio, self.round_to) >= layer.channels]
 
     def _start_pruning(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._clock_start = time.perf_counter()
@@ -624,13 +715,15 @@ class StructuredPruning(Callback):
         self.report.seconds_total = self._elapsed()
 
     def _write_outputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.report.steps_planned = self._steps_planned()
         if not trainer.is_global_zero:
             return
-        out = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
+        out = self._out if self._out is not None else Path(self.output_dir or trainer.default_root_dir)
+        name = PRUNED_MODEL if self.report.completed else PRUNED_MODEL_INCOMPLETE
         self.report.write(out / "report.json")
-        artifacts.save_pruned(out / "pruned_model.pt", pl_module, self.history, self._example)
-        info(artifacts.summary_table(self.report, self.monitor))
-        info(f"[lightning_prune] wrote {out / 'report.json'} and {out / 'pruned_model.pt'}")
+        artifacts.save_pruned(out / name, pl_module, self.history, self._example, completed=self.report.completed)
+        info(summary_table(self.report, self.monitor))
+        info(f"[lightning_prune] wrote {out / 'report.json'} and {out / name}")
 
     # ------------------------------------------------------------------ resume
     def _install_restore_hook(self, pl_module: pl.LightningModule) -> None:
@@ -642,6 +735,8 @@ class StructuredPruning(Callback):
 
         def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
             state = checkpoint.get("callbacks", {}).get(key)
+            if state:  # before any change to the module: a changed argument is named, not a shape mismatch
+                check_resume_hparams(self, state.get("hparams"), self._hparams())
             if state and state.get("history") and artifacts.needs_replay(pl_module, checkpoint["state_dict"]):
                 structure.replay(pl_module, state["example_input"].to(pl_module.device),
                                  [[(n, i) for n, i in step] for step in state["history"]])
@@ -649,3 +744,13 @@ class StructuredPruning(Callback):
 
         self._original_on_load = original
         pl_module.on_load_checkpoint = on_load_checkpoint  # type: ignore[method-assign]
+
+
+def _check_scores(criterion: str, layer: str, scores: Any, channels: int) -> None:
+    """A criterion must give one finite score per output channel."""
+    ok = isinstance(scores, torch.Tensor) and scores.dim() == 1 and scores.numel() == channels
+    got = f"a tensor of shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+    _check(ok, f"importance {criterion!r} returned {got} for layer '{layer}', which has {channels} output channels",
+           "return a 1-D tensor with one score per output channel (higher = kept)")
+    _check(bool(torch.isfinite(scores).all()), f"importance {criterion!r} returned NaN or infinite scores for "
+           f"layer '{layer}'", "return finite scores (check for divisions by zero in the criterion)")

@@ -279,6 +279,17 @@ def discover_layers(
     ]
 
 
+def untraced_layers(model: nn.Module, graph: tp.DependencyGraph, ignored: Sequence[str] = ()) -> list[str]:
+    """Conv and linear layers missing from the traced graph: their output is unused or detached.
+
+    They cannot be pruned (nothing depends on them in the graph); the controller reports them by name.
+    """
+    names = [name for name, _ in model.named_modules()]
+    ignored_names = match_names(names, ignored)
+    return [name for name, module in model.named_modules()
+            if isinstance(module, _ROOT_TYPES) and module not in graph.module2node and name not in ignored_names]
+
+
 def _pruning_fn(graph: tp.DependencyGraph, module: nn.Module):  # noqa: ANN202 - torch-pruning callable
     pruner = graph.get_pruner_of_module(module)
     if pruner is None:

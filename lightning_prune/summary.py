@@ -1,0 +1,67 @@
+"""The end-of-fit summary of a structured pruning run, as text (rendered with rich)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lightning_prune.state import PruningReport
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def status_line(report: PruningReport) -> str:
+    """One sentence on whether the plan ran to its end, and if not, why and how far it got.
+
+    Example:
+        >>> status_line(PruningReport(completed=False, stop_reason="max_steps=5 reached", steps_planned=3))
+        'INCOMPLETE: the fit stopped before the pruning plan was complete (max_steps=5 reached) after 0 of 3 steps; the model is not the planned result'
+    """
+    done = len(report.steps)
+    if report.completed:
+        return f"completed: {done} of {report.steps_planned if report.steps_planned is not None else done} steps"
+    planned = report.steps_planned if report.steps_planned is not None else "?"
+    return (f"INCOMPLETE: the fit stopped before the pruning plan was complete ({report.stop_reason}) after {done} "
+            f"of {planned} steps; the model is not the planned result")
+
+
+def summary_table(report: PruningReport, monitor: str) -> str:
+    """The table printed at the end of a run: one row per step (numbered from 1, as in the step log lines).
+
+    A skipped step has no fine-tuned value ("-"); the caption gives the totals and the status line.
+
+    Example:
+        >>> from lightning_prune.state import StepRecord
+        >>> report = PruningReport(params_before=100, params_after=60, completed=True, steps_planned=1,
+        ...                        steps=[StepRecord(step=0, components=["block"], params=60, macs=0)])
+        >>> "completed: 1 of 1 steps" in summary_table(report, "val_acc")
+        True
+    """
+    table = Table(title="lightning_prune summary")
+    for column in ("step", "components", "params", "MACs", f"{monitor} pruned", f"{monitor} tuned", "fine-tuned",
+                   "seconds"):
+        table.add_column(column, justify="left" if column == "components" else "right")
+    for s in report.steps:
+        comps = ", ".join(s.components)
+        table.add_row(str(s.step + 1), comps if len(comps) < 40 else comps[:37] + "...", f"{s.params:,}",
+                      f"{s.macs:,}", _fmt(s.metric_after_prune),
+                      _fmt(s.metric_after_finetune) if s.finetuned else "-", "yes" if s.finetuned else "skipped",
+                      f"{s.seconds_prune + s.seconds_eval + s.seconds_finetune:.1f}")
+    totals = report.totals()
+    keep_p = totals["params_after"] / max(1, totals["params_before"])
+    keep_m = totals["macs_after"] / max(1, totals["macs_before"])
+    table.caption = (
+        f"params {totals['params_before']:,} -> {totals['params_after']:,} ({100 * (1 - keep_p):.1f}% removed); "
+        f"MACs {totals['macs_before']:,} -> {totals['macs_after']:,} ({100 * (1 - keep_m):.1f}% removed); "
+        f"{monitor} {_fmt(totals['metric_before'])} -> {_fmt(totals['metric_after'])}; "
+        f"{totals['steps_finetuned']} steps fine-tuned, {totals['steps_skipped']} skipped; "
+        f"{totals['seconds_total']:.1f} s\n{status_line(report)}"
+    )
+    buffer = io.StringIO()
+    Console(file=buffer, width=140, force_terminal=False, color_system=None).print(table)
+    return buffer.getvalue()
