@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.strategies import (
     DDPStrategy,
@@ -188,7 +189,7 @@ def stop_reason(trainer: pl.Trainer) -> str:
             remaining = callback.time_remaining()
             if remaining is not None and remaining <= 0:
                 return f"max_time reached ({callback._duration:.0f} s)"
-        if isinstance(callback, EarlyStopping) and callback.stopping_reason.value != "not_stopped":
+        if isinstance(callback, EarlyStopping) and callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
             message = callback.stopping_reason_message or callback.stopping_reason.value
             return f"EarlyStopping stopped the fit ({message})"
     if 0 <= trainer.fit_loop.max_epochs <= trainer.current_epoch:
@@ -295,3 +296,57 @@ def check_checkpoint_fits(path: Path, weights: dict[str, Any], module: nn.Module
                 f"{tuple(weights[differ[0]].shape)} in the file and {tuple(own[differ[0]].shape)} in the model",
                 hint="resume from a checkpoint written by this model's pruning run (with the same callbacks)",
             )
+
+
+def earlier_run_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The newest ``last*.ckpt`` of an earlier run in the same log folder, or ``None``.
+
+    A ``ModelCheckpoint`` without ``dirpath`` saves into ``<root_dir>/version_N/checkpoints`` of the
+    first logger (``<default_root_dir>/checkpoints`` without one); Lightning's ``ckpt_path="last"``
+    looks only in the *new* run's folder (:func:`last_checkpoint_dirs`), so it never finds a killed
+    run's checkpoint. This looks where the earlier runs saved theirs. Relies on ``Logger.root_dir``
+    (``save_dir/name`` for the CSV and TensorBoard loggers).
+    """
+    roots = [Path(trainer.loggers[0].root_dir)] if trainer.loggers and trainer.loggers[0].root_dir else []
+    candidates = [p for root in roots for p in root.glob("version_*/checkpoints/last*.ckpt")]
+    candidates += list(Path(trainer.default_root_dir).glob("checkpoints/last*.ckpt"))
+    files = [p for p in candidates if p.is_file()]
+    return str(max(files, key=lambda p: p.stat().st_mtime)) if files else None
+
+
+def cli_can_merge_checkpoint_hparams(checkpoint_path: Any) -> bool:
+    """Whether LightningCLI can merge this checkpoint's model hyperparameters into its config.
+
+    Lightning behaviour relied on (``lightning.pytorch`` 2.6): with ``--ckpt_path``,
+    ``LightningCLI._parse_ckpt_path`` reads ``checkpoint["hyper_parameters"]`` and parses them as the
+    ``model`` entry. A module built by the CLI records its ``_class_path`` there and the merge works; a
+    module built by a Python script does not, and with ``subclass_mode_model`` the merge fails ("Option
+    'model' is not accepted"), so a checkpoint written by the Python API could not be resumed from the
+    CLI. The config names the model itself, so the merge can be skipped then.
+    """
+    import torch
+
+    if not Path(str(checkpoint_path)).is_file():
+        return True  # nothing to merge: Lightning skips it too
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a damaged file is refused, naming it, when fit reads it (guard_checkpoint_loading)
+        return False
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return not hparams or "_class_path" in hparams
+
+
+#: Warnings Lightning itself triggers (not our calls, nothing a user can act on), silenced by the CLI.
+LIGHTNING_OWN_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+
+
+def ignore_lightning_own_warnings() -> None:
+    """Silence :data:`LIGHTNING_OWN_WARNINGS` for the rest of the process (the CLI calls it).
+
+    Lightning behaviour relied on (``lightning.pytorch`` 2.6 on torch 2.15): ``_pytree._tree_flatten``
+    builds ``torch.utils._pytree.LeafSpec`` objects, which torch reports as deprecated on every fit.
+    """
+    import warnings
+
+    for message in LIGHTNING_OWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)

@@ -75,9 +75,11 @@ def _prune_cli_class() -> type[PruneCLI]:
         * with a pruning controller (``StructuredPruning``, ``GradualMagnitudePruning``) among the
           callbacks and ``trainer.max_epochs`` unset, ``max_epochs`` is ``-1``: the controller sets the
           number of epochs from its plan;
-        * ``--ckpt_path last`` resumes from the newest ``last*.ckpt`` Lightning finds, or is refused
-          with a :class:`~lightning_prune.errors.PruningConfigError` naming the folders searched
-          (Lightning itself only warns and starts afresh).
+        * ``--ckpt_path last`` resumes from the newest ``last*.ckpt`` Lightning finds (in a
+          ``ModelCheckpoint``'s ``dirpath``), else the newest one an earlier run saved in the same log
+          folder (``<root>/version_N/checkpoints``), or is refused with a
+          :class:`~lightning_prune.errors.PruningConfigError` naming the folders searched (Lightning
+          itself only warns and starts afresh).
 
         Example:
             >>> # PruneCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
@@ -111,6 +113,17 @@ def _prune_cli_class() -> type[PruneCLI]:
 
             with without_litlogger_tip():
                 return super().instantiate_trainer(**kwargs)
+
+        def _parse_ckpt_path(self) -> None:
+            """Merge the checkpoint's model hyperparameters only where LightningCLI can (see
+            :func:`lightning_prune._lightning.cli_can_merge_checkpoint_hparams`): a checkpoint written by
+            the Python API resumes from the CLI with the config's model."""
+            from lightning_prune._lightning import cli_can_merge_checkpoint_hparams
+
+            subcommand = self.config.get("subcommand")
+            path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if path is None or cli_can_merge_checkpoint_hparams(path):
+                super()._parse_ckpt_path()
 
         def before_fit(self) -> None:
             """Resolve ``--ckpt_path last`` to a file, or refuse it."""
@@ -181,9 +194,9 @@ def _last_checkpoint_or_refuse(trainer: Trainer, subcommand: str) -> str:
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_prune._lightning import last_checkpoint, last_checkpoint_dirs
+    from lightning_prune._lightning import earlier_run_checkpoint, last_checkpoint, last_checkpoint_dirs
 
-    path = last_checkpoint(trainer)
+    path = last_checkpoint(trainer) or earlier_run_checkpoint(trainer)
     if path is not None:
         return path
     dirs = last_checkpoint_dirs(trainer)
@@ -192,12 +205,11 @@ def _last_checkpoint_or_refuse(trainer: Trainer, subcommand: str) -> str:
     else:
         where = "in " + ", ".join(dirs)
         if any(isinstance(cb, ModelCheckpoint) and cb.dirpath is None for cb in trainer.callbacks):
-            where += " (a ModelCheckpoint without dirpath looks only in this run's new log folder)"
+            where += " and in the earlier runs' version_*/checkpoints folders beside it"
     raise PruningConfigError(
         f"`{subcommand} --ckpt_path last` found no last*.ckpt checkpoint to resume from, looking {where}",
-        hint="save checkpoints to a fixed folder with trainer.callbacks: [{class_path: "
-             "lightning.pytorch.callbacks.ModelCheckpoint, init_args: {dirpath: <folder>, save_last: true}}], "
-             "or pass an explicit --ckpt_path <file.ckpt>",
+        hint="save checkpoints with trainer.callbacks: [{class_path: lightning.pytorch.callbacks.ModelCheckpoint, "
+             "init_args: {save_last: true}}] (the configs in configs/ do), or pass an explicit --ckpt_path <file.ckpt>",
     )
 
 
@@ -331,6 +343,9 @@ def main(args: list[str] | None = None) -> None:
         if argv:
             raise SystemExit(0)
         return
+    from lightning_prune._lightning import ignore_lightning_own_warnings
+
+    ignore_lightning_own_warnings()
     try:
         if argv[0] == "tune":
             tune_command(argv[1:])

@@ -136,3 +136,18 @@ class RankWitness(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
         torch.save(state, f"{self.out}/rank{trainer.global_rank}.pt")
+
+
+class KillAt(L.Callback):
+    """SIGKILL this process at the second training batch of ``epoch``: a killed run, no cleanup at all."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -400,3 +400,13 @@ def test_quickstart_config_meets_its_accuracy_target(tmp_path) -> None:
     assert chosen["metric"] == pytest.approx(totals["metric_after"])
     net = load_pruned(report_path.parent / "pruned_model.pt", digits_resnet())
     assert sum(p.numel() for p in net.parameters()) == totals["params_after"]
+
+
+def test_a_max_drop_the_metric_cannot_exceed_is_refused_before_any_surgery() -> None:
+    torch.manual_seed(0)
+    module = LitTiny()
+    shapes = {n: p.shape for n, p in module.named_parameters()}
+    with pytest.raises(PruningConfigError, match=r"max_drop=1\) accepts any model: val_acc measured") as info:
+        fit(module, AdaptiveThresholdRollback(max_drop=1.0))
+    assert "use max_drop=0.01 for one point" in str(info.value)
+    assert {n: p.shape for n, p in module.named_parameters()} == shapes

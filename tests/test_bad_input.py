@@ -11,7 +11,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from helpers import LitTiny, make_data, make_trainer
-from lightning_prune import PruningConfigError, StructuredPruning
+from lightning_prune import GradualMagnitudePruning, PruningConfigError, StructuredPruning
+from lightning_prune.importance import ChannelImportance
 
 INIT_CASES: list[tuple[dict[str, Any], str]] = [
     ({"pruning_ratio": 0.0}, r"pruning_ratio=0.0 is outside \(0, 1\)"),
@@ -104,3 +105,77 @@ def test_spawned_ddp_is_refused_before_training() -> None:
     with pytest.raises(PruningConfigError, match="spawned DDP") as info:
         pruning.setup(trainer, LitTiny(), "fit")
     assert "strategy='ddp'" in str(info.value)
+
+
+def test_deepspeed_is_refused_by_what_it_is() -> None:
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+    strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # no deepspeed install needed: never initialised
+    assert isinstance(strategy, DDPStrategy)  # why an isinstance check on the parent let it through
+    for controller in (StructuredPruning(), GradualMagnitudePruning()):
+        trainer = SimpleNamespace(strategy=strategy, callbacks=[controller])
+        with pytest.raises(PruningConfigError, match="DeepSpeedStrategy is not supported") as info:
+            controller.setup(trainer, LitTiny(), "fit")  # type: ignore[arg-type]
+        assert "HINT:" in str(info.value)
+
+
+def test_two_controllers_are_refused_when_the_trainer_is_built() -> None:
+    # state is keyed by class, so Lightning itself refuses two stateful callbacks of one type
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `StructuredPruning`"):
+        make_trainer([StructuredPruning(), StructuredPruning(pruning_ratio=0.3)])
+
+
+def _refused_before_training(pruning: StructuredPruning, match: str, module: LitTiny | None = None) -> str:
+    module = module if module is not None else LitTiny()
+    before = shapes(module)
+    train, val = make_data()
+    with pytest.raises(PruningConfigError, match=match) as info:
+        make_trainer([pruning]).fit(module, train, val)
+    assert "HINT:" in str(info.value)
+    assert shapes(module) == before and module.training_steps == 0
+    return str(info.value)
+
+
+def test_round_to_above_every_layer_is_refused() -> None:
+    # TinyResNet's prunable convs have 8, 8 and 16 channels
+    _refused_before_training(StructuredPruning(pruning_ratio=0.5, round_to=32), r"nothing would be pruned.*round_to=32")
+
+
+class WrongCount(ChannelImportance):
+    name = "wrong_count"
+
+    def score(self, name: str, layer: nn.Module) -> torch.Tensor:
+        return torch.ones(3)
+
+
+class NotFinite(ChannelImportance):
+    name = "not_finite"
+
+    def score(self, name: str, layer: nn.Module) -> torch.Tensor:
+        return torch.full((layer.weight.shape[0],), float("nan"))
+
+
+@pytest.mark.parametrize(("criterion", "match"), [
+    (WrongCount(), r"importance 'wrong_count' returned a tensor of shape \(3,\) for layer 'model.layer1.0.conv1', "
+                   r"which has 8 output channels"),
+    (NotFinite(), r"importance 'not_finite' returned NaN or infinite scores"),
+])
+def test_a_custom_criterion_with_wrong_scores_is_refused_before_training(criterion: ChannelImportance,
+                                                                         match: str) -> None:
+    _refused_before_training(StructuredPruning(importance=criterion, pretrain_epochs=1), match)
+
+
+class WithUnusedHead(LitTiny):
+    """A module with a layer whose output never reaches the loss: not in the traced graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Conv2d(3, 4, 1)
+
+
+def test_a_layer_missing_from_the_traced_graph_is_reported_by_name(tmp_path) -> None:
+    pruning = StructuredPruning(pruning_ratio=0.5, output_dir=str(tmp_path))
+    train, val = make_data()
+    make_trainer([pruning]).fit(WithUnusedHead(), train, val)
+    assert pruning.report.extra["plan"]["untraced"] == ["aux"]
+    assert "aux" not in pruning.report.extra["plan"]["layers"]

@@ -34,7 +34,8 @@ REPO = Path(__file__).parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 SCRIPT = Path(sys.executable).with_name("lightning-prune")  # the console script of this environment
 LAZY_PACKAGES = ["lightning_prune", "lightning_prune.callbacks", "lightning_prune.data", "lightning_prune.tuning"]
-NOTICES = ("`tensorboardX` has been removed", "Tip: For seamless cloud logging", "`max_epochs` was not set")
+NOTICES = ("`tensorboardX` has been removed", "Tip: For seamless cloud logging", "`max_epochs` was not set",
+           "Sanity Checking", "`Trainer.fit` stopped", "LeafSpec")
 
 
 def run_script(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -257,7 +258,7 @@ def test_ckpt_path_last_with_nothing_to_resume_from_is_refused(
     searched = {"dirpath": str(ckpts), "no-dirpath": str(root / "lightning_logs" / "version_0" / "checkpoints"),
                 "no-checkpointing": "the Trainer has no ModelCheckpoint"}[setup]
     assert searched in lines[0]
-    assert ("without dirpath" in lines[0]) is (setup == "no-dirpath")
+    assert ("earlier runs'" in lines[0]) is (setup == "no-dirpath")
     assert "save_last: true" in lines[1] and "--ckpt_path <file.ckpt>" in lines[1]
     assert not list(tmp_path.rglob("*.ckpt"))  # refused before training
 
@@ -341,5 +342,10 @@ def test_quickstart_through_the_console_script_has_no_spurious_lightning_notices
     assert result.returncode == 0, output[-3000:]
     for notice in NOTICES:
         assert notice not in output
+    assert not re.search(r"\.py:\d+: ", output), output  # no warning of any kind (file:line: message)
     # it ran to the end, writing where Lightning's default logger would have
     assert (out / "lightning_logs" / "version_0" / "report.json").is_file()
+    # the step numbers of the log lines are the summary table's
+    logged = re.findall(r"\[lightning_prune\] step (\d+)/6 ", output)
+    tabled = re.findall(r"^│ +(\d+) │", output, re.MULTILINE)
+    assert logged == tabled == ["1", "2", "3", "4", "5", "6"]

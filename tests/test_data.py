@@ -323,6 +323,19 @@ def test_cifar_genuine_python2_batches_load(tmp_path: Path) -> None:
     assert test_labels == labels[15:18]
 
 
+def test_cifar_batches_repickled_with_protocol_5_load(tmp_path: Path) -> None:
+    """numpy pickles arrays with ``_frombuffer`` under protocol 5 (Python 3.14's default)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    chw, labels = _write_genuine_cifar_batches(folder)
+    for batch in folder.iterdir():
+        entry = pickle.loads(batch.read_bytes(), encoding="latin1")
+        batch.write_bytes(pickle.dumps(entry, protocol=5))
+    assert b"_frombuffer" in (folder / "test_batch").read_bytes()
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), val_fraction=0.2, augment=False)
+    dm.setup()
+    assert [int(dm.test_dataset[i][1]) for i in range(3)] == labels[15:18]
+
+
 @pytest.mark.parametrize("kind", ["system", "exec"])
 @pytest.mark.parametrize("nested", [False, True], ids=["whole-file", "inside-the-dict"])
 def test_tampered_cifar_batch_is_refused_and_its_payload_never_runs(

@@ -316,3 +316,26 @@ def test_scheduler_base_lrs_are_rescaled_to_lr_max() -> None:
         assert bases == [pytest.approx(lr_max)] and lr == pytest.approx(lr_max)
     for change, lr in witness.batch_lrs:
         assert lr <= witness.after_change[change - 1][1] * (1 + 1e-9)
+
+
+# ---------------------------------------------------------------- defaults, exactly as a user calls them
+def test_default_threshold_fine_tunes_an_accuracy_logged_as_a_fraction() -> None:
+    torch.manual_seed(0)
+    module = LitTiny()  # logs val_acc as a fraction, as ImageClassifier and most users do
+    pruning = StructuredPruning()
+    skip = ThresholdSkipFineTune()
+    fit(module, pruning, skip)
+    assert skip.threshold == 0.01  # one point
+    decisions = skip.decisions
+    assert [d["finetune"] for d in decisions] == [d["drop"] >= 0.01 for d in decisions]
+    assert pruning.report.totals()["steps_finetuned"] >= 1  # the old default (1.0) never fine-tuned
+
+
+def test_a_threshold_the_metric_cannot_reach_is_refused_before_any_surgery() -> None:
+    torch.manual_seed(0)
+    module = LitTiny()
+    shapes = {n: p.shape for n, p in module.named_parameters()}
+    with pytest.raises(PruningConfigError, match=r"threshold=1\) can never be reached: val_acc measured") as info:
+        fit(module, StructuredPruning(), ThresholdSkipFineTune(threshold=1.0))
+    assert "use threshold=0.01 for one point" in str(info.value)
+    assert {n: p.shape for n, p in module.named_parameters()} == shapes

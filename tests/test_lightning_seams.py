@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from lightning.fabric.loggers import tensorboard as fabric_tensorboard
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
@@ -24,8 +26,12 @@ from lightning.pytorch.trainer.connectors.logger_connector import logger_connect
 from lightning_prune import cli
 from lightning_prune._lightning import (
     LITLOGGER_TIP,
+    MEASUREMENT_LABEL,
+    end_on_should_stop,
     last_checkpoint,
     last_checkpoint_dirs,
+    measurement_label,
+    output_dir,
     without_litlogger_tip,
 )
 
@@ -212,3 +218,146 @@ def test_last_checkpoint_dirs_without_loggers_is_default_root_dir(tmp_path: Path
     trainer = Trainer(logger=False, default_root_dir=str(tmp_path), **QUIET)  # the default ModelCheckpoint
     assert last_checkpoint_dirs(trainer) == [str(tmp_path / "checkpoints")]
     assert last_checkpoint_dirs(Trainer(logger=False, enable_checkpointing=False, **QUIET)) == []
+
+
+# ---------------------------------------------------------------- what the controllers lean on
+def test_trainer_log_dir_is_a_collective_so_it_is_resolved_on_every_rank(tmp_path: Path) -> None:
+    """``trainer.log_dir`` broadcasts rank zero's folder: read from one rank only, the others never answer."""
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, **QUIET)
+    calls: list[object] = []
+    original = trainer.strategy.broadcast
+    trainer.strategy.broadcast = lambda obj, src=0: calls.append(obj) or original(obj, src)  # type: ignore
+    assert output_dir(trainer, None) == tmp_path and calls == [str(tmp_path)]
+    assert output_dir(trainer, "elsewhere") == Path("elsewhere") and len(calls) == 1  # no collective needed
+
+
+def test_progress_bars_read_their_sanity_label_from_one_property() -> None:
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+
+    assert isinstance(ProgressBar.__dict__["sanity_check_description"], property)
+    trainer = Trainer(callbacks=[TQDMProgressBar()], logger=False, accelerator="cpu", devices=1)
+    bar = trainer.progress_bar_callback
+    cls = type(bar)
+    with measurement_label(trainer):
+        assert bar.sanity_check_description == MEASUREMENT_LABEL and isinstance(bar, cls)
+    assert type(bar) is cls and bar.sanity_check_description == "Sanity Checking"
+    rich = RichProgressBar()
+    assert rich.sanity_check_description == "Sanity Checking"  # the same property in both bars
+
+
+def test_a_measurement_shows_as_one_in_the_progress_bar(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    from helpers import LitTiny, make_data
+
+    from lightning_prune import StructuredPruning
+
+    train, val = make_data()
+    trainer = Trainer(callbacks=[StructuredPruning()], default_root_dir=tmp_path, logger=False,
+                      enable_checkpointing=False, num_sanity_val_steps=0, max_epochs=-1, accelerator="cpu", devices=1)
+    trainer.fit(LitTiny(), train, val)
+    captured = capfd.readouterr()
+    shown = captured.out + captured.err  # Lightning's default bar (rich when installed) writes to stdout
+    assert MEASUREMENT_LABEL in shown and "Sanity Checking" not in shown
+
+
+def test_max_epochs_is_checked_before_should_stop(tmp_path: Path) -> None:
+    """Why ``end_on_should_stop`` raises the bound: at ``max_epochs`` Lightning reports the limit as the reason."""
+
+    class StopAtEnd(Callback):
+        def __init__(self, raise_bound: bool) -> None:
+            self.raise_bound = raise_bound
+
+        def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            if self.raise_bound:
+                end_on_should_stop(trainer)
+            else:
+                trainer.should_stop = True
+
+    for raise_bound, expected in ((False, True), (True, False)):
+        handler = _Records()
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").addHandler(handler)
+        try:
+            trainer = Trainer(callbacks=[StopAtEnd(raise_bound)], max_epochs=1, limit_train_batches=2,
+                              limit_val_batches=0, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                              **QUIET)
+            trainer.fit(BoringModel())
+        finally:
+            logging.getLogger("lightning.pytorch.utilities.rank_zero").removeHandler(handler)
+        said = any("`max_epochs=1` reached" in r.getMessage() for r in handler.records)
+        assert said is expected and trainer.current_epoch == 1
+
+
+def test_early_stopping_and_timer_say_why_they_stopped() -> None:
+    from lightning.pytorch.callbacks import EarlyStopping, Timer
+
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    assert EarlyStopping(monitor="x").stopping_reason is EarlyStoppingReason.NOT_STOPPED
+    assert Timer(duration={"seconds": 5}).time_remaining() == 5  # before fit: nothing elapsed
+
+
+def test_the_checkpoint_file_is_read_after_setup_and_before_anything_is_restored(tmp_path: Path) -> None:
+    """``guard_checkpoint_loading`` relies on this order in ``fit(ckpt_path=...)``."""
+    first = Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0, default_root_dir=tmp_path, logger=False,
+                    **QUIET)
+    first.fit(BoringModel())
+    path = tmp_path / "first.ckpt"
+    first.save_checkpoint(path)
+    events: list[str] = []
+
+    class Model(BoringModel):
+        def on_load_checkpoint(self, checkpoint: dict) -> None:
+            events.append("module.on_load_checkpoint")
+
+    class Order(Callback):
+        def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+            events.append("setup")
+            original = trainer.strategy.load_checkpoint
+
+            def load(checkpoint_path: object, *args: object, **kwargs: object) -> dict:
+                events.append("strategy.load_checkpoint")
+                return original(checkpoint_path, *args, **kwargs)
+
+            trainer.strategy.load_checkpoint = load  # type: ignore[method-assign]
+
+        def load_state_dict(self, state_dict: dict) -> None:
+            events.append("callback.load_state_dict")
+
+        def state_dict(self) -> dict:
+            return {"x": 1}
+
+    trainer = Trainer(callbacks=[Order()], max_epochs=2, limit_train_batches=2, limit_val_batches=0,
+                      default_root_dir=tmp_path, logger=False, **QUIET)
+    trainer.fit(Model(), ckpt_path=path)
+    assert events[:2] == ["setup", "strategy.load_checkpoint"]
+    assert events.index("strategy.load_checkpoint") < events.index("module.on_load_checkpoint")
+
+
+def test_lightning_itself_warns_about_leafspec_on_this_torch() -> None:
+    """``ignore_lightning_own_warnings`` silences this; when a Lightning release stops it, drop the filter."""
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    from lightning_prune._lightning import LIGHTNING_OWN_WARNINGS
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _tree_flatten(1)
+    assert any(re.search(LIGHTNING_OWN_WARNINGS[0], str(w.message)) for w in caught)
+
+
+def test_cli_merges_checkpoint_hparams_only_with_a_class_path(tmp_path: Path) -> None:
+    """A script-built module records no ``_class_path``: LightningCLI's merge would fail on it."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning_prune import DigitsDataModule, ImageClassifier
+    from lightning_prune._lightning import cli_can_merge_checkpoint_hparams
+
+    assert callable(LightningCLI._parse_ckpt_path)
+    trainer = Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, default_root_dir=tmp_path,
+                      logger=False, enable_checkpointing=False, **QUIET)
+    trainer.fit(ImageClassifier("digits_resnet", num_classes=10), datamodule=DigitsDataModule(batch_size=32))
+    trainer.save_checkpoint(tmp_path / "api.ckpt")
+    hparams = torch.load(tmp_path / "api.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams and "_class_path" not in hparams
+    assert not cli_can_merge_checkpoint_hparams(tmp_path / "api.ckpt")
+    assert cli_can_merge_checkpoint_hparams(tmp_path / "missing.ckpt")

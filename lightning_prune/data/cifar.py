@@ -144,10 +144,13 @@ def _load_npz(path: Path) -> tuple[Tensor, Tensor]:
 
 
 #: The only globals a genuine CIFAR-10 batch pickle names: numpy's array reconstruction (numpy 1 and
-#: numpy 2 module names). Dicts, lists, strings, bytes and numbers need no global at all.
+#: numpy 2 module names; ``_frombuffer`` when a batch was re-pickled with protocol 5). Dicts, lists,
+#: strings, bytes and numbers need no global at all.
 _CIFAR_PICKLE_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
 })

@@ -261,11 +261,13 @@ def apply_params(config: dict[str, Any], params: Mapping[str, Any]) -> dict[str,
 
 
 def trial_config(config: dict[str, Any], params: Mapping[str, Any], root_dir: Path,
-                 subset_fraction: float | None, seed: int, quiet: bool = True) -> dict[str, Any]:
+                 subset_fraction: float | None, seed: int, quiet: bool = True,
+                 checkpoints: bool = True) -> dict[str, Any]:
     """The config one run executes: ``params`` applied, data subset, outputs in ``root_dir``.
 
     ``seed_everything`` is set to ``seed`` unless the config fixes an integer seed itself, so every
-    trial starts from the same weights and sees the same data.
+    trial starts from the same weights and sees the same data. ``checkpoints=False`` (stage-1 trials:
+    an interrupted trial is rerun, not resumed) drops ``ModelCheckpoint`` callbacks and checkpointing.
 
     Example:
         >>> cfg = {"trainer": {"callbacks": [{"class_path": "lightning_prune.StructuredPruning"}]},
@@ -280,6 +282,9 @@ def trial_config(config: dict[str, Any], params: Mapping[str, Any], root_dir: Pa
         config["seed_everything"] = seed
     trainer = config["trainer"]
     trainer["default_root_dir"] = str(root_dir)
+    if not checkpoints:
+        trainer["callbacks"] = [c for c in _callbacks(config) if _class_name(c["class_path"]) != "ModelCheckpoint"]
+        trainer["enable_checkpointing"] = False
     if quiet:  # unless the config lists such a callback itself (Lightning refuses the combination)
         names = [_class_name(node["class_path"]) for node in _callbacks(config)]
         if not any("ProgressBar" in name for name in names):

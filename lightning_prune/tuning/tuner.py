@@ -319,7 +319,7 @@ class _Objective:
             raise optuna.TrialPruned(f"invalid combination: {exc}") from None
         trial_dir = self.output_dir / f"trial_{trial.number}"
         config = pipeline.trial_config(self.config, params, trial_dir, self.opts.subset_fraction, self.opts.seed,
-                                       quiet=self.opts.quiet)
+                                       quiet=self.opts.quiet, checkpoints=False)
         config_path = pipeline.write_config(config, trial_dir / "trial_config.yaml",
                                             header=f"lightning-prune tune: trial {trial.number} of study {trial.study.study_name!r}")
         trial.set_user_attr("dir", str(trial_dir))
