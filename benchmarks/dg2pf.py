@@ -40,9 +40,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelPruning
 
 from lightning_prune import CIFAR10DataModule, ImageClassifier
-from lightning_prune.callbacks.distillation import SelfDistillation
+from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
-from lightning_prune.callbacks.simulated import SimulatedPruning
+from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 from lightning_prune.sparse import save_sparse
 from lightning_prune.structural import masks as M
 

@@ -1,9 +1,10 @@
-"""Step plans: which channels a pruning step removes. Pure: no Lightning, no torch-pruning.
+"""Step plans and rates: which channels a pruning step removes, and ICE's pruning-aware LR (eq. 1).
 
-A planner sees the prunable layers (name, component, current channels) and one importance score per
-output channel, and returns, for one step, the channel indices to remove from each layer. The
-controller owns everything else (surgery, evaluation, fine-tuning). Another callback can supply its
-own planner (AAP's adaptive thresholds do) through :meth:`StructuredPruning.set_planner`.
+Pure: no Lightning, no torch-pruning. A planner sees the prunable layers (name, component, current
+channels) and one importance score per output channel, and returns, for one step, the channel
+indices to remove from each layer. The controller owns everything else (surgery, evaluation,
+fine-tuning). A satellite can supply its own planner (AAP's :class:`AdaptiveThresholdPlanner`) by
+answering :meth:`~lightning_prune.PruningSatellite.provide_planner`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class LayerInfo(Protocol):
     name: str
     component: str
     channels: int
+    group_params: int
+    module: Any
 
 
 #: Channel indices to remove, per layer name.
@@ -201,3 +204,102 @@ def make_planner(schedule: str, ratio: float, steps: int, scope: str, round_to: 
         return UniformPlanner(ratio, steps, scope, round_to)
     raise PruningConfigError(f"schedule={schedule!r} is unknown; valid: {', '.join(SCHEDULES)}",
                              hint="use schedule='blockwise' (ICE) or 'uniform'")
+
+
+# ---------------------------------------------------------------------------------------- AAP
+def layer_thresholds(threshold: float, sizes: Mapping[str, float]) -> dict[str, float]:
+    """Per-layer thresholds ``T * N_i / N_total`` (AAP Algorithm 3).
+
+    Example:
+        >>> layer_thresholds(2.0, {"a": 30, "b": 10})
+        {'a': 1.5, 'b': 0.5}
+    """
+    total = float(sum(sizes.values()))
+    if total <= 0:
+        return {name: 0.0 for name in sizes}
+    return {name: threshold * size / total for name, size in sizes.items()}
+
+
+def below_threshold(scores: torch.Tensor, threshold: float) -> list[int]:
+    """Channels whose score is ``<= threshold``, never all of them (the best-scoring one stays).
+
+    Example:
+        >>> below_threshold(torch.tensor([0.5, 0.1, 0.9]), 0.5)
+        [0, 1]
+        >>> below_threshold(torch.tensor([0.5, 0.1]), 3.0)
+        [1]
+    """
+    values = [float(v) for v in scores.flatten().tolist()]
+    idxs = [i for i, v in enumerate(values) if v <= threshold]
+    if len(idxs) >= len(values):
+        keep = min(range(len(values)), key=lambda i: (-values[i], i))
+        idxs = [i for i in idxs if i != keep]
+    return idxs
+
+
+class AdaptiveThresholdPlanner(PruningPlanner):
+    """AAP's open-ended plan: every round, in every layer, the filters scoring ``<= T * N_i / N_total``.
+
+    The planner owns the global threshold ``T`` (:attr:`threshold`) and its step ``lambda``
+    (:attr:`lam`); the policy that moves them (:class:`~lightning_prune.AdaptiveThresholdRollback`)
+    sets them between rounds and keeps them in its own checkpoint state, so that restoring a plan
+    snapshot does not move them. ``N_i`` is a layer's parameters (``weighting="params"``: its group's,
+    ``LayerInfo.group_params``) or its MACs per sample (``"flops"``: weight size times the output
+    positions in :attr:`spatial`).
+
+    Example:
+        >>> planner = AdaptiveThresholdPlanner(threshold=0.2, lam=0.1)
+        >>> planner.num_steps() is None, planner.is_done(5)
+        (True, False)
+    """
+
+    def __init__(self, threshold: float = 0.0, lam: float = 0.005, weighting: str = "params") -> None:
+        super().__init__()
+        self.threshold, self.lam, self.weighting = threshold, lam, weighting
+        self.finished = False
+        self.spatial: dict[str, int] = {}
+        self.last_layer_thresholds: dict[str, float] = {}
+
+    def num_steps(self) -> None:
+        return None
+
+    def is_done(self, step: int) -> bool:
+        return self.finished
+
+    def layers_for_step(self, step: int) -> list[str]:
+        return list(self.original)
+
+    def layer_size(self, layer: LayerInfo) -> float:
+        """``N_i`` of a layer: its group's parameters, or its own MACs per sample."""
+        if self.weighting == "params":
+            return float(layer.group_params)
+        return float(layer.module.weight.numel() * self.spatial.get(layer.name, 1))
+
+    def plan(self, step: int, layers: Mapping[str, LayerInfo], scores: Mapping[str, torch.Tensor]) -> StepPlan:
+        names = [name for name in self.original if name in layers]
+        sizes = {name: self.layer_size(layers[name]) for name in names}
+        self.last_layer_thresholds = layer_thresholds(self.threshold, sizes)
+        return {name: below_threshold(scores[name], self.last_layer_thresholds[name]) for name in names}
+
+
+# ---------------------------------------------------------------------------------------- ICE eq. 1
+def pruning_aware_lr(remaining: float, lr_base: float, delta: float, midpoint: float, beta: float) -> float:
+    """ICE-Pruning's eq. 1: ``lr_base - delta / (1 + (a / (2 (1 - p) - a)) ** beta)``.
+
+    A smooth step from ``lr_base`` (nothing pruned, ``a = 1``) down to ``lr_base - delta``, centred
+    at ``a = 1 - p``. Where ``2 (1 - p) - a <= 0`` (only ``a = 1, p = 0.5``) the ratio is infinite
+    and the rate is ``lr_base``.
+
+    Example:
+        >>> round(pruning_aware_lr(0.5, 1e-3, 7.5e-4, 0.12, 50.0), 6)
+        0.00025
+    """
+    denominator = 2 * (1 - midpoint) - remaining
+    if denominator <= 0:
+        return lr_base
+    ratio = remaining / denominator
+    try:
+        power = ratio**beta
+    except OverflowError:
+        return lr_base
+    return lr_base - delta / (1 + power)

@@ -55,12 +55,14 @@ def dense_size(model: nn.Module | Mapping[str, Tensor]) -> int:
     return _nbytes(_state_dict(model))
 
 
-def save_sparse(model: nn.Module | Mapping[str, Tensor], path: str | Path) -> dict[str, Any]:
+def save_sparse(model: nn.Module | Mapping[str, Tensor], path: str | Path, completed: bool = True) -> dict[str, Any]:
     """Save ``model``'s weights compactly and report the size on disk against the dense ``state_dict``.
 
     Args:
         model: A module (its ``state_dict``; a LightningModule works) or a ``state_dict``.
         path: Output file.
+        completed: ``False`` marks weights of a run stopped before its plan's end; :func:`load_sparse`
+            says so when loading them.
 
     Returns:
         ``{"path", "bytes", "dense_bytes", "ratio", "compressed_tensors"}``; ``ratio`` is
@@ -87,7 +89,7 @@ def save_sparse(model: nn.Module | Mapping[str, Tensor], path: str | Path) -> di
                             "values": tensor[nonzero].clone()}
         else:
             dense[name] = tensor.clone()
-    payload = {"format": FORMAT, "order": list(state), "sparse": sparse, "dense": dense}
+    payload = {"format": FORMAT, "order": list(state), "sparse": sparse, "dense": dense, "completed": bool(completed)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
@@ -171,6 +173,11 @@ def load_sparse(path: str | Path, model: nn.Module | None = None, strict: bool =
         state = _decode(payload)
     except (ValueError, TypeError, RuntimeError, IndexError) as err:
         raise PruningConfigError(f"{file} is a damaged {FORMAT} file: {err}", hint=hint) from err
+    if payload.get("completed") is False:
+        from lightning_prune._logging import log
+
+        log.warning(f"[lightning_prune] {file} holds weights from a run that stopped before its pruning plan was "
+                    "complete: they are not the planned result")
     if model is None:
         return state
     kind = type(model).__name__

@@ -1,11 +1,80 @@
-"""The pruning report: pure, serialisable records (no Lightning, no torch)."""
+"""The controllers' state as pure, serialisable data (no Lightning, no torch): phases, reports, patience."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
+
+
+class StructuredPhase(str, Enum):
+    """Where a :class:`~lightning_prune.StructuredPruning` run is (a ``str``: compares equal to its value).
+
+    Example:
+        >>> StructuredPhase("pruning") is StructuredPhase.PRUNING, StructuredPhase.PRUNING == "pruning"
+        (True, True)
+    """
+
+    PRETRAIN = "pretrain"
+    PRUNING = "pruning"
+    TRIAL = "trial"  # a step pruned on trial, fine-tuned, then undone (e.g. LayerFreezer's probe)
+    FINAL = "final"
+    DONE = "done"
+
+
+class GradualPhase(str, Enum):
+    """Where a :class:`~lightning_prune.GradualMagnitudePruning` run is (DG2PF's phases).
+
+    Example:
+        >>> [phase.value for phase in GradualPhase]
+        ['pretrain', 'prune', 'converge', 'finetune', 'done']
+    """
+
+    PRETRAIN = "pretrain"
+    PRUNE = "prune"
+    CONVERGE = "converge"
+    FINETUNE = "finetune"
+    DONE = "done"
+
+
+@dataclass
+class Patience:
+    """Early-stopping bookkeeping: the best value so far and the validations since it improved.
+
+    Example:
+        >>> patience = Patience(mode="max")
+        >>> [patience.update(v) for v in (0.5, 0.6, 0.6, 0.55)]
+        [0, 0, 1, 2]
+        >>> patience.best
+        0.6
+    """
+
+    mode: str = "max"
+    min_delta: float = 0.0
+    best: float | None = None
+    wait: int = 0
+
+    def improved(self, value: float) -> bool:
+        """Whether ``value`` beats the best by more than ``min_delta``."""
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def update(self, value: float) -> int:
+        """Record a validation; returns the number of validations without improvement."""
+        if self.improved(value):
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+        return self.wait
+
+    def reset(self, baseline: float | None) -> None:
+        """Start counting afresh from ``baseline`` (``None``: the next value is an improvement)."""
+        self.best, self.wait = baseline, 0
 
 
 @dataclass
@@ -101,6 +170,60 @@ class PruningReport:
             stop_reason=totals.get("stop_reason"),
             steps_planned=totals.get("steps_planned"),
         )
+
+    def write(self, path: str | Path) -> Path:
+        """Write the report as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+
+@dataclass
+class GradualReport:
+    """What a :class:`~lightning_prune.GradualMagnitudePruning` run did, written to ``report.json``.
+
+    ``sparsity`` holds ``overall``, ``numel``, ``zeros`` and per-parameter ``layers`` entries
+    (``numel``, ``zeros``, ``sparsity``) measured on the final weights; ``history`` one entry per
+    validated epoch (``epoch``, ``phase``, ``target_sparsity``, ``sparsity``, ``metric``); ``epochs``
+    and ``seconds`` are split by phase (``pretrain``, ``prune``, ``converge``, ``finetune``);
+    ``size`` compares the compact save (:func:`lightning_prune.sparse.save_sparse`) with the dense one.
+
+    Example:
+        >>> report = GradualReport(target_sparsity=0.9, scope="global", schedule=[0.45, 0.9], monitor="val_acc")
+        >>> sorted(report.to_dict())[:4]
+        ['best_metric', 'completed', 'epochs', 'history']
+    """
+
+    target_sparsity: float
+    scope: str
+    schedule: list[float]
+    monitor: str
+    metric_before: float | None = None
+    metric_after: float | None = None
+    best_metric: dict[str, float] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=lambda: {p.value: 0 for p in list(GradualPhase)[:-1]})
+    seconds: dict[str, float] = field(default_factory=lambda: {p.value: 0.0 for p in list(GradualPhase)[:-1]})
+    seconds_total: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    sparsity: dict[str, Any] = field(default_factory=dict)
+    size: dict[str, Any] = field(default_factory=dict)
+    #: Whether the run reached its planned end (target sparsity, then its phases or its own epoch cap).
+    completed: bool = False
+    #: Why the fit ended before the plan did (``None`` when completed).
+    stop_reason: str | None = None
+    #: Prunes done and planned (one at the start of each pruning epoch).
+    prunes_done: int = 0
+    prunes_planned: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GradualReport:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**data)
 
     def write(self, path: str | Path) -> Path:
         """Write the report as JSON."""

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lightning_prune.state import PruningReport
+from lightning_prune.state import PruningReport, StepRecord
 
 
 def _fmt(value: Any) -> str:
@@ -65,3 +65,17 @@ def summary_table(report: PruningReport, monitor: str) -> str:
     buffer = io.StringIO()
     Console(file=buffer, width=140, force_terminal=False, color_system=None).print(table)
     return buffer.getvalue()
+
+
+def step_line(record: StepRecord, total: int | None, params_before: int, monitor: str) -> str:
+    """The log line of a pruned step, numbered from 1 as the summary table's rows.
+
+    Example:
+        >>> step_line(StepRecord(step=0, components=["block"], params=75, macs=0, channels_removed=4,
+        ...                      metric_after_prune=0.5), 3, 100, "val_acc")
+        '[lightning_prune] step 1/3 block: -4 channels, params 75 (25.0% removed), val_acc 0.5000'
+    """
+    return (f"[lightning_prune] step {record.step + 1}/{total if total is not None else '?'} "
+            f"{', '.join(record.components)}: -{record.channels_removed} channels, params {record.params:,} "
+            f"({100 * (1 - record.params / (params_before or 1)):.1f}% removed), {monitor} "
+            f"{_fmt(record.metric_after_prune)}")

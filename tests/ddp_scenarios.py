@@ -30,7 +30,7 @@ from lightning_prune import (  # noqa: E402
     StructuredPruning,
     ThresholdSkipFineTune,
 )
-from lightning_prune.callbacks.gradual import GradualReport  # noqa: E402
+from lightning_prune.state import GradualReport  # noqa: E402
 from lightning_prune.state import PruningReport  # noqa: E402
 
 

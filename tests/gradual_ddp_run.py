@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import LitTiny, make_data, make_trainer  # noqa: E402
 
-from lightning_prune.callbacks.distillation import SelfDistillation  # noqa: E402
+from lightning_prune.callbacks.self_distillation import SelfDistillation  # noqa: E402
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning  # noqa: E402
-from lightning_prune.callbacks.simulated import SimulatedPruning  # noqa: E402
+from lightning_prune.callbacks.simulated_pruning import SimulatedPruning  # noqa: E402
 
 
 class Witness(Callback):
@@ -38,7 +38,7 @@ def main(out: Path) -> None:
                            deterministic=False)
     trainer.fit(module, train, val)
     torch.save({"epochs": witness.epochs, "lrs": witness.lrs, "global_step": trainer.global_step,
-                "masks": {k: v.cpu() for k, v in pruning.masks.items()}, "phase": pruning.phase},
+                "masks": {k: v.cpu() for k, v in pruning.masks.items()}, "phase": pruning.phase.value},
                out / f"rank{trainer.global_rank}.pt")
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning_prune import AdaptiveThresholdRollback, PruningConfigError, PruningSatellite, StructuredPruning
-from lightning_prune.callbacks.aap import below_threshold, layer_thresholds
+from lightning_prune.schedules import below_threshold, layer_thresholds
 from lightning_prune.structural import graph as structure
 
 ROUND_KEYS = {"round", "threshold", "lambda", "params", "macs", "metric", "acceptable", "rolled_back_to"}
@@ -49,14 +49,28 @@ def script(before: float, rounds: list[float]) -> list[float]:
 
 
 class Spy(PruningSatellite, Callback):
-    """Copies the model and optimizer state at every round's end (after AAP's decision)."""
+    """Copies the model and optimizer state at every round's end, after AAP's decision was carried out.
 
-    def __init__(self) -> None:
+    A rollback AAP decides in ``on_step_end`` is a request the controller resolves after that event,
+    notifying ``on_structure_changed``: after a rolled-back round the state is taken there.
+    """
+
+    def __init__(self, adaptive: AdaptiveThresholdRollback) -> None:
+        self.adaptive = adaptive
         self.states: list[dict[str, Any]] = []
+        self._restoring = False
+
+    def _copy(self, trainer, pl_module) -> dict[str, Any]:
+        return {"model": copy.deepcopy(pl_module.state_dict()), "optim": copy.deepcopy(trainer.optimizers[0].state_dict())}
 
     def on_step_end(self, trainer, pl_module, controller, record) -> None:
-        self.states.append({"model": copy.deepcopy(pl_module.state_dict()),
-                            "optim": copy.deepcopy(trainer.optimizers[0].state_dict())})
+        self.states.append(self._copy(trainer, pl_module))
+        self._restoring = self.adaptive.rounds[-1]["rolled_back_to"] is not None
+
+    def on_structure_changed(self, trainer, pl_module, controller) -> None:
+        if self._restoring:  # the rollback's restore, right after on_step_end
+            self.states[-1] = self._copy(trainer, pl_module)
+        self._restoring = False
 
 
 def fit(module: LitTiny, aap: AdaptiveThresholdRollback, *extra: Callback, importance: str = "l1", **kwargs: Any):
@@ -129,7 +143,7 @@ def test_acceptable_raises_T_and_unacceptable_rolls_back_exactly() -> None:
     # rounds: 1 ok, 2 ok, 3 too low -> back to 2 with lambda/2, 4 ok; max_rounds 4
     module = Scripted(script(0.90, [0.89, 0.88, 0.70, 0.87]))
     adaptive = aap(threshold_init=0.0, lambda_init=2.0, max_rounds=4)
-    spy = Spy()
+    spy = Spy(adaptive)
     pruning, _ = fit(module, adaptive, spy)
     rounds = pruning.report.extra["rounds"]
     assert all(set(r) == ROUND_KEYS for r in rounds)
@@ -186,7 +200,7 @@ def test_convergence_stops_and_the_final_model_is_the_best_acceptable_round() ->
     # round 1 has the best metric among the equally small rounds 1-4, so it is put back.
     module = Scripted(script(0.90, [0.89, 0.86, 0.87, 0.88]))
     adaptive = aap(threshold_init=0.0, lambda_init=1e-3, convergence_rounds=3, max_rounds=50)
-    spy = Spy()
+    spy = Spy(adaptive)
     pruning, _ = fit(module, adaptive, spy)
     rounds = pruning.report.extra["rounds"]
     assert len(rounds) == 5 and adaptive.stop_reason == "converged"
@@ -369,7 +383,8 @@ def test_bad_arguments_raise_with_a_hint(kwargs: dict[str, Any], match: str) -> 
     ("controller", "adaptive", "match"),
     [
         ({"finetune_epochs": 2}, {}, "finetune_epochs"),
-        ({"monitor": "val_loss", "mode": "min"}, {}, "watches 'val_acc'"),
+        ({"monitor": "val_loss", "mode": "min"}, {"monitor": "val_acc"}, "watches monitor='val_acc' but "
+         "StructuredPruning has monitor='val_loss'"),
     ],
 )
 def test_bad_setups_raise_with_a_hint(controller: dict[str, Any], adaptive: dict[str, Any], match: str) -> None:
@@ -378,6 +393,14 @@ def test_bad_setups_raise_with_a_hint(controller: dict[str, Any], adaptive: dict
     with pytest.raises(PruningConfigError, match=match) as info:
         trainer.fit(LitTiny(), train, val)
     assert "HINT:" in str(info.value)
+
+
+def test_monitor_and_mode_default_to_the_controllers() -> None:
+    train, val = make_data()
+    adaptive = AdaptiveThresholdRollback(target="params", max_drop=None, param_reduction=0.3, max_rounds=1)
+    make_trainer([StructuredPruning(monitor="val_loss", mode="min"), adaptive]).fit(LitTiny(), train, val)
+    assert (adaptive.monitor, adaptive.mode) == ("val_loss", "min")
+    assert adaptive.rounds[0]["metric"] > 0.1  # round 0 measured the loss, not an accuracy
 
 
 # ---------------------------------------------------------------- the quick start

@@ -151,7 +151,7 @@ def test_train_loader_order_is_reproducible_across_instances() -> None:
 
 
 def test_lightning_calls_set_epoch() -> None:
-    from lightning_prune.module import ImageClassifier
+    from lightning_prune.models.module import ImageClassifier
 
     seen: list[int] = []
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from helpers import LitTiny, make_data, make_trainer
 from lightning_prune import PruningConfigError, StructuredPruning
-from lightning_prune.callbacks.distillation import SelfDistillation
+from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.losses import dg2pf_loss
 
 

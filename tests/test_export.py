@@ -12,7 +12,7 @@ from torch import nn
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.export import export_onnx, measure_latency
 from lightning_prune.models import cifar_resnet
-from lightning_prune.module import ImageClassifier
+from lightning_prune.models.module import ImageClassifier
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx onnxscript)")
 

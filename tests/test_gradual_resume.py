@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning_prune import PruningConfigError
-from lightning_prune.callbacks.distillation import SelfDistillation
+from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
-from lightning_prune.callbacks.simulated import SimulatedPruning
+from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 
 # epoch: 0 pretrain | 1, 2 prune (2: baseline 0.6) | 3 +, 4 - (switch) | 5 + over 0.65, 6 - (stop)
 SCRIPT = [0.4, 0.5, 0.6, 0.7, 0.65, 0.8, 0.7, 0.9, 0.9]

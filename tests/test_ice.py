@@ -19,7 +19,7 @@ from lightning_prune import (
     StructuredPruning,
     ThresholdSkipFineTune,
 )
-from lightning_prune.callbacks.ice import pruning_aware_lr
+from lightning_prune.schedules import pruning_aware_lr
 
 
 class Scripted(LitTiny):
@@ -93,9 +93,21 @@ def test_recover_is_bounded_by_max_finetune_epochs() -> None:
 
 
 def test_threshold_needs_the_controllers_monitor() -> None:
-    with pytest.raises(PruningConfigError, match="watches 'val_loss'") as info:
+    with pytest.raises(PruningConfigError, match="watches monitor='val_loss' but StructuredPruning has "
+                                                 "monitor='val_acc'") as info:
         fit(LitTiny(), StructuredPruning(), ThresholdSkipFineTune(monitor="val_loss"))
     assert "HINT:" in str(info.value)
+
+
+def test_threshold_takes_the_controllers_monitor_and_mode_by_default() -> None:
+    skip = ThresholdSkipFineTune(threshold=0.0)
+    pruning = StructuredPruning(monitor="val_loss", mode="min")
+    fit(LitTiny(), pruning, skip)
+    assert (skip.monitor, skip.mode) == ("val_loss", "min")
+    # "min" mode, on the loss: a drop is how much the loss rose from the unpruned model's
+    before = pruning.report.metric_before
+    assert [d["drop"] for d in skip.decisions] == pytest.approx(
+        [s.metric_after_prune - before for s in pruning.report.steps])
 
 
 # ---------------------------------------------------------------- LayerFreezer
@@ -114,13 +126,13 @@ class FreezeWitness(PruningSatellite, Callback):
     def _l1(self, pl_module) -> dict[str, float]:
         return {n: float(m.weight.detach().abs().sum()) for n, m in pl_module.named_modules() if isinstance(m, nn.Conv2d)}
 
-    def on_probe_start(self, trainer, pl_module, controller) -> None:
+    def on_pruning_start(self, trainer, pl_module, controller) -> None:  # the probe's trial step follows
         self.unpruned = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
-    def on_probe_pruned(self, trainer, pl_module, controller) -> None:
+    def on_trial_start(self, trainer, pl_module, controller) -> None:
         self.l1["before"] = self._l1(pl_module)
 
-    def on_probe_end(self, trainer, pl_module, controller) -> None:
+    def on_trial_end(self, trainer, pl_module, controller) -> None:
         self.l1["after"] = self._l1(pl_module)
 
     def on_structure_changed(self, trainer, pl_module, controller) -> None:

@@ -295,7 +295,7 @@ def test_load_pruned_into_lightning_module_names_the_file(files: dict[str, Path]
     torch.manual_seed(1)
     module = LitTiny()
     before = fingerprint(module)
-    raises_naming(files["pruned"], lambda: load_pruned(files["pruned"], module), match="are not in the given LitTiny")
+    raises_naming(files["pruned"], lambda: load_pruned(files["pruned"], module), match="are not in the given DemoModule")
     assert_untouched(module, before)
 
 

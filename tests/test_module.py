@@ -1,4 +1,4 @@
-"""Tests of lightning_prune.module.ImageClassifier."""
+"""Tests of lightning_prune.models.module.ImageClassifier."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from lightning_prune.data import DigitsDataModule
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.models import cifar_resnet
-from lightning_prune.module import ImageClassifier
+from lightning_prune.models.module import ImageClassifier
 
 
 def _trainer(**kwargs: Any) -> L.Trainer:

@@ -109,5 +109,5 @@ def test_resume_from_a_foreign_checkpoint_names_the_file(tmp_path: Path, control
     before = _snapshot(fresh)
     with pytest.raises(PruningConfigError) as info:
         _fit(tmp_path / "resumed", [make()], fresh, ckpt_path=str(checkpoint))
-    assert str(checkpoint) in str(info.value) and "does not fit LitTiny" in str(info.value)
+    assert str(checkpoint) in str(info.value) and "does not fit DemoModule" in str(info.value)
     _assert_untouched(fresh, before)

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from helpers import LitTiny, make_data, make_trainer
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
-from lightning_prune.callbacks.simulated import SimulatedPruning
+from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 from lightning_prune.structural import masks as M
 
 

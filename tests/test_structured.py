@@ -13,7 +13,6 @@ from torch import nn
 
 from helpers import LitTiny, TinyConvNet, TinyResNet, make_data, make_trainer
 from lightning_prune import PruningSatellite, StructuredPruning
-from lightning_prune.callbacks.base import find_controller
 from lightning_prune.schedules import PruningPlanner
 from lightning_prune.importance import IMPORTANCES
 
@@ -280,12 +279,12 @@ class ThresholdPlanner(PruningPlanner):
                 for n in layers}
 
 
-class UsesPlanner(Callback):
+class UsesPlanner(PruningSatellite, Callback):
     def __init__(self, planner: PruningPlanner) -> None:
         self.planner = planner
 
-    def setup(self, trainer, pl_module, stage) -> None:
-        find_controller(trainer, self).set_planner(self.planner)
+    def provide_planner(self, controller) -> PruningPlanner:
+        return self.planner
 
 
 def test_another_callback_can_supply_the_plan() -> None:

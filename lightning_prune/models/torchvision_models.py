@@ -7,7 +7,7 @@ from functools import lru_cache
 from torch import nn
 
 from lightning_prune.errors import PruningConfigError
-from lightning_prune.models.cifar_resnet import load_state_dict_file
+from lightning_prune.models.weights import load_state_dict_file
 
 __all__ = ["torchvision_classification_models", "torchvision_model"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,14 +24,44 @@ from torch import nn
 from lightning_prune.errors import PruningConfigError
 
 
+def to_cpu(value: Any) -> Any:
+    """A deep copy of nested state (dicts, lists, tuples; e.g. optimizer or scheduler state) with every
+    tensor detached and copied to the CPU.
+
+    Example:
+        >>> state = {"step": 3, "buf": [torch.ones(2)]}
+        >>> copy = to_cpu(state)
+        >>> copy["buf"][0] is state["buf"][0], torch.equal(copy["buf"][0], state["buf"][0])
+        (False, True)
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
 def capture(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state (parameters and buffers) as CPU tensors."""
-    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+    return to_cpu(dict(model.state_dict()))
 
 
-def nbytes(snapshot: Mapping[str, torch.Tensor]) -> int:
-    """Memory a snapshot holds."""
-    return sum(t.numel() * t.element_size() for t in snapshot.values())
+def nbytes(value: Any) -> int:
+    """Memory the tensors in a (nested) snapshot hold.
+
+    Example:
+        >>> nbytes({"model": {"w": torch.zeros(4)}, "optimizers": [{"m": torch.zeros(2, dtype=torch.float64)}]})
+        32
+    """
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(nbytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(nbytes(v) for v in value)
+    return 0
 
 
 def _fix_shape_attributes(module: nn.Module) -> None:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import check_resume_hparams, check_single
+from lightning_prune.callbacks.base import PruningController, PruningSatellite, check_resume_hparams, check_single
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.losses import dg2pf_loss, distillation_kl
@@ -48,7 +48,7 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
     return clone
 
 
-class SelfDistillation(Callback):
+class SelfDistillation(PruningSatellite, Callback):
     """Distil a frozen, unpruned copy of the model (the teacher) into the model being trained.
 
     Works with an unmodified ``LightningModule`` whose ``training_step`` computes its own loss:
@@ -70,9 +70,10 @@ class SelfDistillation(Callback):
     that is 0), or the weights in ``teacher`` (a checkpoint or ``state_dict`` file). It lives in this
     callback, not in the module: it is not in ``parameters()``, the optimizer or the module's
     ``state_dict``; its weights are saved in this callback's checkpoint state so that a resumed run
-    distils from the same teacher. With ``StructuredPruning`` it stays unpruned. ``GradualMagnitudePruning``
-    calls :meth:`detach_teacher` when its fine-tuning phase starts; from then on the module's own
-    loss is used unchanged. Automatic optimization only.
+    distils from the same teacher. With ``StructuredPruning`` it stays unpruned. As a satellite of
+    either controller it detaches the teacher (:meth:`detach_teacher`) when the controller enters a
+    ``"finetune"`` phase (``GradualMagnitudePruning``'s pruned fine-tuning); from then on the module's
+    own loss is used unchanged. Also works without a controller. Automatic optimization only.
 
     Args:
         alpha: Weight of the KL term, in [0, 1].
@@ -89,9 +90,12 @@ class SelfDistillation(Callback):
         start_epoch: First epoch that distils (``None``: the controller's ``pretrain_epochs``, else 0).
 
     Example:
-        >>> from lightning_prune.callbacks.distillation import SelfDistillation
+        >>> from lightning_prune import SelfDistillation, StructuredPruning
+        >>> from lightning_prune.demos import DemoModule, demo_loaders, demo_trainer
         >>> distil = SelfDistillation(alpha=0.9, temperature=0.5, loss="dg2pf")
-        >>> # Trainer(callbacks=[GradualMagnitudePruning(), distil]).fit(model, dm); distil.teacher is frozen
+        >>> demo_trainer([StructuredPruning(), distil]).fit(DemoModule(), *demo_loaders())
+        >>> all(not p.requires_grad for p in distil.teacher.parameters()), distil.teacher.model.layer1[0].conv1.out_channels
+        (True, 8)
     """
 
     def __init__(
@@ -184,7 +188,7 @@ class SelfDistillation(Callback):
 
     # ------------------------------------------------------------------ teacher control
     def detach_teacher(self) -> None:
-        """Stop distilling and release the teacher (``GradualMagnitudePruning`` calls it for phase 2)."""
+        """Stop distilling and release the teacher (done when a controller enters its ``"finetune"`` phase)."""
         if not self._detached:
             info("[lightning_prune] SelfDistillation: teacher detached")
         self._detached = True
@@ -213,21 +217,18 @@ class SelfDistillation(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        from lightning_prune.callbacks.gradual import GradualMagnitudePruning
-        from lightning_prune.callbacks.structured import StructuredPruning
-
         check_single(trainer, self)
         _check(pl_module.automatic_optimization, f"{type(pl_module).__name__} uses manual optimization",
                "SelfDistillation changes the loss training_step returns, which needs automatic optimization")
-        controllers = [cb for cb in trainer.callbacks if isinstance(cb, GradualMagnitudePruning | StructuredPruning)]
+        controller = PruningController.find(trainer, self, required=False)
         self._start = self.start_epoch if self.start_epoch is not None else (
-            controllers[0].pretrain_epochs if controllers else 0)
+            controller.pretrain_epochs if controller is not None else 0)
         self._module = pl_module
         self._student = self._find_student(pl_module)
         if self.teacher is None and not self._detached:
             self.teacher = _frozen_copy(self._student)
             if self.teacher_path is not None:
-                from lightning_prune.models.cifar_resnet import load_state_dict_file
+                from lightning_prune.models.weights import load_state_dict_file
 
                 load_state_dict_file(self.teacher, self.teacher_path)
             elif self._pending_teacher is not None:
@@ -235,6 +236,12 @@ class SelfDistillation(Callback):
         self._pending_teacher = None
         self._hook = self._student.register_forward_hook(self._capture, with_kwargs=True)
         self._wrap_training_step(pl_module)
+
+    @override
+    def on_phase_change(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: PruningController,
+                        phase: str) -> None:
+        if phase == "finetune":
+            self.detach_teacher()
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

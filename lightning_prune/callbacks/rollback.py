@@ -1,17 +1,16 @@
-"""AAP: adaptive, layer-aware threshold pruning with rollback (Algorithms 2-5 of the AAP paper).
+"""``AdaptiveThresholdRollback``: AAP's adaptive, layer-aware threshold policy with rollback (Algorithms 2-5).
 
-:class:`AdaptiveThresholdRollback` supplies :class:`~lightning_prune.StructuredPruning` with an
-open-ended plan: each round removes every filter whose importance score is ``<=`` its layer's
-threshold ``T * N_i / N_total``, retrains ``epochs_per_round`` epochs and evaluates; an acceptable
-round raises ``T`` by ``lambda``, an unacceptable one rolls the model back to the last acceptable
-round ``k`` with ``lambda = lambda_k / 2**N``. When the loop ends the best acceptable round is put
-back in place, so ``report.json`` and ``pruned_model.pt`` describe it.
+Each round removes every filter whose importance score is ``<=`` its layer's threshold
+``T * N_i / N_total`` (the planner, :class:`~lightning_prune.schedules.AdaptiveThresholdPlanner`),
+retrains ``epochs_per_round`` epochs and evaluates; an acceptable round raises ``T`` by ``lambda``, an
+unacceptable one rolls the model back to the last acceptable round ``k`` with ``lambda = lambda_k / 2**N``.
+When the loop ends the best acceptable round is put back in place, so ``report.json`` and
+``pruned_model.pt`` describe it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,18 +20,19 @@ from typing_extensions import override
 
 from lightning_prune._logging import info
 from lightning_prune.callbacks.base import (
+    PruningController,
     PruningSatellite,
+    RestoreSnapshot,
+    RewindWeights,
+    adopt_monitor,
     check_resume_hparams,
-    check_same_monitor,
     check_single,
-    find_controller,
 )
 from lightning_prune.callbacks.structured import StructuredPruning
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
-from lightning_prune.schedules import LayerInfo, PruningPlanner, StepPlan
+from lightning_prune.schedules import AdaptiveThresholdPlanner, PruningPlanner
 from lightning_prune.state import StepRecord
-from lightning_prune.structural import graph as structure
 from lightning_prune.structural import snapshot as snapshots
 
 TARGETS = ("accuracy", "params", "flops")
@@ -46,60 +46,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def layer_thresholds(threshold: float, sizes: Mapping[str, float]) -> dict[str, float]:
-    """Per-layer thresholds ``T * N_i / N_total`` (AAP Algorithm 3).
-
-    Example:
-        >>> layer_thresholds(2.0, {"a": 30, "b": 10})
-        {'a': 1.5, 'b': 0.5}
-    """
-    total = float(sum(sizes.values()))
-    if total <= 0:
-        return {name: 0.0 for name in sizes}
-    return {name: threshold * size / total for name, size in sizes.items()}
-
-
-def below_threshold(scores: torch.Tensor, threshold: float) -> list[int]:
-    """Channels whose score is ``<= threshold``, never all of them (the best-scoring one stays).
-
-    Example:
-        >>> below_threshold(torch.tensor([0.5, 0.1, 0.9]), 0.5)
-        [0, 1]
-        >>> below_threshold(torch.tensor([0.5, 0.1]), 3.0)
-        [1]
-    """
-    values = [float(v) for v in scores.flatten().tolist()]
-    idxs = [i for i, v in enumerate(values) if v <= threshold]
-    if len(idxs) >= len(values):
-        keep = min(range(len(values)), key=lambda i: (-values[i], i))
-        idxs = [i for i in idxs if i != keep]
-    return idxs
-
-
-class AdaptiveThresholdPlanner(PruningPlanner):
-    """The open-ended plan of :class:`AdaptiveThresholdRollback`: every layer, every round."""
-
-    def __init__(self, owner: AdaptiveThresholdRollback) -> None:
-        super().__init__()
-        self.owner = owner
-
-    def num_steps(self) -> None:
-        return None
-
-    def is_done(self, step: int) -> bool:
-        return self.owner.finished
-
-    def layers_for_step(self, step: int) -> list[str]:
-        return list(self.original)
-
-    def plan(self, step: int, layers: Mapping[str, LayerInfo], scores: Mapping[str, torch.Tensor]) -> StepPlan:
-        names = [name for name in self.original if name in layers]
-        sizes = {name: self.owner.layer_size(layers[name]) for name in names}
-        thresholds = layer_thresholds(self.owner.threshold, sizes)
-        self.owner.last_layer_thresholds = thresholds
-        return {name: below_threshold(scores[name], thresholds[name]) for name in names}
 
 
 class AdaptiveThresholdRollback(PruningSatellite, Callback):
@@ -144,8 +90,8 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         pruning started), i.e. the round-0 snapshot pruned to the current structure.
 
     Args:
-        monitor: The controller's monitor.
-        mode: ``"max"`` if higher ``monitor`` is better, else ``"min"``.
+        monitor: The controller's monitor (``None``: take it from the controller).
+        mode: ``"max"`` if higher ``monitor`` is better, else ``"min"`` (``None``: the controller's).
         target: ``"accuracy"``, ``"params"`` or ``"flops"``.
         max_drop: Accuracy target: the largest acceptable drop, in the metric's units (>= 0).
         param_reduction: Params target: fraction of parameters to remove, in (0, 1).
@@ -161,14 +107,26 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         layer_weighting: ``N_i`` from ``"params"`` or ``"flops"``; default: ``"flops"`` for the FLOPs
             target, else ``"params"``.
 
+    The threshold rule lives in :class:`~lightning_prune.schedules.AdaptiveThresholdPlanner` (it owns
+    ``T`` and ``lambda``); this callback provides it to the controller, judges each round, and asks the
+    controller for rollbacks (:class:`~lightning_prune.callbacks.base.RestoreSnapshot`) and weight
+    rewinding (:class:`~lightning_prune.callbacks.base.RewindWeights`). ``report.json`` gains
+    ``extra.rounds`` and ``extra.aap``.
+
     Example:
-        >>> aap = AdaptiveThresholdRollback(target="accuracy", max_drop=0.01, lambda_init=0.2)
+        >>> from lightning_prune import AdaptiveThresholdRollback, StructuredPruning
+        >>> from lightning_prune.demos import DemoModule, demo_loaders, demo_trainer
+        >>> aap = AdaptiveThresholdRollback(target="params", max_drop=None, param_reduction=0.3, lambda_init=4.0,
+        ...                                 max_rounds=3)
+        >>> demo_trainer([StructuredPruning(), aap]).fit(DemoModule(), *demo_loaders())
+        >>> [r["round"] for r in aap.rounds], aap.stop_reason
+        ([0, 1, 2, 3], 'max_rounds')
     """
 
     def __init__(
         self,
-        monitor: str = "val_acc",
-        mode: str = "max",
+        monitor: str | None = None,
+        mode: str | None = None,
         target: str = "accuracy",
         max_drop: float | None = 0.01,
         param_reduction: float | None = None,
@@ -183,9 +141,10 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         rewind: str = "lr",
         layer_weighting: str | None = None,
     ) -> None:
-        _check(isinstance(monitor, str) and bool(monitor), f"monitor={monitor!r} must be a metric name",
-               "use the name your validation_step logs, e.g. 'val_acc'")
-        _check(mode in ("min", "max"), f"mode={mode!r} is unknown; valid: min, max", "use mode='max' for accuracy")
+        _check(monitor is None or (isinstance(monitor, str) and bool(monitor)),
+               f"monitor={monitor!r} must be a metric name", "use the name your validation_step logs, or leave it unset")
+        _check(mode in (None, "min", "max"), f"mode={mode!r} is unknown; valid: min, max",
+               "use mode='max' for accuracy, or leave it unset")
         _check(target in TARGETS, f"target={target!r} is unknown; valid: {', '.join(TARGETS)}",
                "use target='accuracy' with max_drop=0.01, or target='params' with param_reduction=0.5")
         if target == "accuracy":
@@ -215,6 +174,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
                f"layer_weighting={layer_weighting!r} is unknown; valid: params, flops",
                "use 'params' for size targets, 'flops' for the FLOPs target")
         self.monitor, self.mode, self.target = monitor, mode, target
+        self._given = {"monitor": monitor, "mode": mode}
         self.max_drop = float(max_drop) if target == "accuracy" else None
         self.param_reduction = None if param_reduction is None else float(param_reduction)
         self.flops_reduction = None if flops_reduction is None else float(flops_reduction)
@@ -223,16 +183,13 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self.convergence_rounds, self.max_rounds, self.epochs_per_round = convergence_rounds, max_rounds, epochs_per_round
         self.rewind = rewind
         self.layer_weighting = layer_weighting or ("flops" if target == "flops" else "params")
-        self.planner = AdaptiveThresholdPlanner(self)
-        self.last_layer_thresholds: dict[str, float] = {}
-        self._controller: StructuredPruning | None = None
+        self.planner = AdaptiveThresholdPlanner(self.threshold_init, self.lambda_init, self.layer_weighting)
         self._reset()
 
     def _reset(self) -> None:
-        self.threshold = self.threshold_init  # T of the next round
-        self.lam = self.lambda_init  # lambda of the next round
+        self.planner.threshold, self.planner.lam = self.threshold_init, self.lambda_init  # T, lambda of the next round
+        self.planner.finished = False
         self.rounds: list[dict[str, Any]] = []
-        self.finished = False
         self.stop_reason: str | None = None
         self.final_round: int | None = None
         self._round = 0  # number of the next round
@@ -242,14 +199,33 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self._rollbacks: dict[int, int] = {}
         self._marked: list[int] = []
         self._stable = 0
-        self._current: int | None = None  # the round whose snapshot the model equals now
-        self._spatial: dict[str, int] = {}
+        self._current: int | None = None  # the round whose snapshot the model equals now (once resolved)
         self._schedulers: list[dict[str, Any]] | None = None
+
+    @property
+    def threshold(self) -> float:
+        """``T`` of the next round (the planner's)."""
+        return self.planner.threshold
+
+    @property
+    def lam(self) -> float:
+        """``lambda`` of the next round (the planner's)."""
+        return self.planner.lam
+
+    @property
+    def finished(self) -> bool:
+        """Whether the rule has stopped (the planner's plan is done)."""
+        return self.planner.finished
+
+    @property
+    def last_layer_thresholds(self) -> dict[str, float]:
+        """Per-layer thresholds of the latest round."""
+        return self.planner.last_layer_thresholds
 
     # ------------------------------------------------------------------ identity and state
     def _hparams(self) -> dict[str, Any]:
         return {
-            "monitor": self.monitor, "mode": self.mode, "target": self.target, "max_drop": self.max_drop,
+            **self._given, "target": self.target, "max_drop": self.max_drop,
             "param_reduction": self.param_reduction, "flops_reduction": self.flops_reduction,
             "threshold_init": self.threshold_init, "lambda_init": self.lambda_init,
             "max_rollbacks": self.max_rollbacks, "convergence_tol": self.convergence_tol,
@@ -261,20 +237,20 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "hparams": self._hparams(),
-            "threshold": self.threshold, "lam": self.lam, "rounds": [dict(r) for r in self.rounds],
-            "finished": self.finished, "stop_reason": self.stop_reason, "final_round": self.final_round,
+            "threshold": self.planner.threshold, "lam": self.planner.lam, "rounds": [dict(r) for r in self.rounds],
+            "finished": self.planner.finished, "stop_reason": self.stop_reason, "final_round": self.final_round,
             "round": self._round, "stack": list(self._stack), "round0": self._round0, "best": self._best,
             "rollbacks": [[k, v] for k, v in self._rollbacks.items()], "marked": list(self._marked),
-            "stable": self._stable, "current": self._current, "spatial": dict(self._spatial),
+            "stable": self._stable, "current": self._current, "spatial": dict(self.planner.spatial),
             "schedulers": self._schedulers,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
-        self.threshold, self.lam = float(state_dict["threshold"]), float(state_dict["lam"])
+        self.planner.threshold, self.planner.lam = float(state_dict["threshold"]), float(state_dict["lam"])
         self.rounds = [dict(r) for r in state_dict["rounds"]]
-        self.finished, self.stop_reason = bool(state_dict["finished"]), state_dict["stop_reason"]
+        self.planner.finished, self.stop_reason = bool(state_dict["finished"]), state_dict["stop_reason"]
         self.final_round = state_dict["final_round"]
         self._round = int(state_dict["round"])
         self._stack = list(state_dict["stack"])
@@ -284,27 +260,20 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self._marked = [int(k) for k in state_dict["marked"]]
         self._stable = int(state_dict["stable"])
         self._current = state_dict["current"]
-        self._spatial = dict(state_dict["spatial"])
+        self.planner.spatial = dict(state_dict["spatial"])
         self._schedulers = state_dict["schedulers"]
 
     # ------------------------------------------------------------------ sizes
-    def layer_size(self, layer: LayerInfo) -> float:
-        """``N_i`` of a layer: its group's parameters, or its own MACs per sample."""
-        if self.layer_weighting == "params":
-            return float(getattr(layer, "group_params"))
-        module = getattr(layer, "module")
-        return float(module.weight.numel() * self._spatial.get(layer.name, 1))
-
     def _size(self, params: int, macs: int) -> int:
         return macs if self.target == "flops" or (self.target == "accuracy" and self.layer_weighting == "flops") else params
 
-    def _measure_spatial(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+    def _measure_spatial(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: Any) -> None:
         """Output positions (H * W) of every prunable layer: fixed by the input, not by pruning."""
         modules = dict(pl_module.named_modules())
         handles = []
         for name in self.planner.original:
             def hook(_m: Any, _i: Any, out: Any, name: str = name) -> None:
-                self._spatial[name] = int(out[0, 0].numel()) if isinstance(out, torch.Tensor) and out.dim() > 2 else 1
+                self.planner.spatial[name] = int(out[0, 0].numel()) if isinstance(out, torch.Tensor) and out.dim() > 2 else 1
             handles.append(modules[name].register_forward_hook(hook))
         training = pl_module.training
         try:
@@ -316,25 +285,39 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             for handle in handles:
                 handle.remove()
 
-    # ------------------------------------------------------------------ Lightning hooks
+    # ------------------------------------------------------------------ Lightning hooks and votes
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        controller = find_controller(trainer, self)
+        controller = StructuredPruning.find(trainer, self)
+        assert controller is not None
         check_single(trainer, self)
-        check_same_monitor(self, controller)
+        adopt_monitor(self, controller)
         _check(controller.finetune_epochs == self.epochs_per_round,
                f"StructuredPruning.finetune_epochs={controller.finetune_epochs} differs from "
                f"AdaptiveThresholdRollback.epochs_per_round={self.epochs_per_round}",
                f"set finetune_epochs={self.epochs_per_round} on StructuredPruning (a round retrains that many epochs)")
-        controller.set_planner(self.planner)
-        self._controller = controller
+
+    @override
+    def provide_planner(self, controller: PruningController) -> PruningPlanner | None:
+        return self.planner
+
+    @override
+    def report_section(self) -> dict[str, Any]:
+        return {"rounds": [dict(r) for r in self.rounds], "aap": {
+            "target": self.target, "max_drop": self.max_drop, "param_reduction": self.param_reduction,
+            "flops_reduction": self.flops_reduction, "rewind": self.rewind, "layer_weighting": self.layer_weighting,
+            "stop_reason": self.stop_reason, "final_round": self.final_round, "marked_unacceptable": list(self._marked),
+            "snapshots_kept": len(self._kept()),
+        }} if self.rounds else {}
 
     # ------------------------------------------------------------------ pruning events
     @override
-    def on_pruning_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
-        before = controller.report.metric_before
+    def on_pruning_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                         controller: PruningController) -> None:
+        report = controller.report
+        before = report.metric_before
         if self.target == "accuracy" and before is not None and self.mode == "max" and 0 <= before <= self.max_drop:
             raise PruningConfigError(
                 f"AdaptiveThresholdRollback(max_drop={self.max_drop:g}) accepts any model: {self.monitor} measured "
@@ -345,45 +328,35 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self._reset()
         if self.layer_weighting == "flops":
             self._measure_spatial(trainer, pl_module, controller)
-        report = controller.report
         size = self._size(report.params_before, report.macs_before)
         entry = {"round": 0, "threshold": self.threshold_init - self.lambda_init, "lambda": self.lambda_init,
                  "size": size, "metric": report.metric_before, "snapshot": controller.snapshot(trainer, pl_module)}
         self._stack, self._round0, self._best, self._current = [entry], entry, entry, 0
-        self._append_round({"round": 0, "threshold": None, "lambda": self.lambda_init, "params": report.params_before,
+        self.rounds.append({"round": 0, "threshold": None, "lambda": self.lambda_init, "params": report.params_before,
                             "macs": report.macs_before, "metric": report.metric_before, "acceptable": True,
-                            "rolled_back_to": None}, controller)
+                            "rolled_back_to": None})
         self._round = 1
-        self.finished = self.max_rounds < 1
+        self.planner.finished = self.max_rounds < 1
 
     @override
-    def finetune_decision(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning,
-                          record: StepRecord) -> bool | None:
-        """After the round's prune: apply the rewinding before its retraining (no opinion on fine-tuning)."""
+    def on_step_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: PruningController,
+                       record: StepRecord) -> None:
+        """After the round's prune, before its retraining: the rewinding."""
         if self.rewind == "weights" and self._round0 is not None:
-            self._rewind_weights(trainer, pl_module, controller)
+            controller.request(RewindWeights(self._round0["snapshot"]["model"]))
         elif self.rewind == "none" and self._schedulers is not None:
             for config, state in zip(trainer.lr_scheduler_configs, self._schedulers):
                 config.scheduler.load_state_dict(state)
                 for group, lr in zip(config.scheduler.optimizer.param_groups, config.scheduler.get_last_lr()):
                     group["lr"] = lr
-        return None
-
-    def _rewind_weights(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
-        assert self._round0 is not None
-        now = controller.snapshot(trainer, pl_module, optimizers=False)
-        snapshots.restore(pl_module, self._round0["snapshot"]["model"])
-        structure.replay(pl_module, controller.example_input(trainer, pl_module), controller.history)
-        now["model"] = snapshots.capture(pl_module)
-        controller.restore(trainer, pl_module, now)
 
     @override
-    def on_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning,
+    def on_step_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: PruningController,
                     record: StepRecord) -> None:
         if self._round0 is None or self.finished:
             return
         if self.rewind == "none":
-            self._schedulers = [snapshots_to_cpu(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs]
+            self._schedulers = [snapshots.to_cpu(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs]
         r, size = self._round, self._size(record.params, record.macs)
         entry = {"round": r, "threshold": self.threshold, "lambda": self.lam, "params": record.params,
                  "macs": record.macs, "metric": record.metric_after_finetune,
@@ -399,7 +372,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             self._current = r
             if self._rank(self._stack[-1]) > self._rank(self._best):  # type: ignore[arg-type]
                 self._best = self._stack[-1]
-            self.threshold += self.lam
+            self.planner.threshold += self.lam
             if self._stable >= self.convergence_rounds:
                 self._stop("converged")
         else:
@@ -410,15 +383,15 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             if self._stack:
                 k = self._stack[-1]
                 n = self._rollbacks[k["round"]] = self._rollbacks.get(k["round"], 0) + 1
-                controller.restore(trainer, pl_module, k["snapshot"])
+                controller.request(RestoreSnapshot(k["snapshot"]))
                 self._current = k["round"]
-                self.lam = k["lambda"] / 2.0**n
-                self.threshold = k["threshold"] + self.lam
+                self.planner.lam = k["lambda"] / 2.0**n
+                self.planner.threshold = k["threshold"] + self.lam
                 entry["rolled_back_to"] = k["round"]
             else:
                 self._stop("no acceptable round left")
         self._round += 1
-        self._append_round(entry, controller)
+        self.rounds.append(entry)
         info(f"[lightning_prune] AAP round {r}: T {entry['threshold']:.4g}, params {record.params:,}, "
              f"{self.monitor} {entry['metric'] if entry['metric'] is not None else float('nan'):.4f} -> "
              f"{'acceptable' if entry['acceptable'] else 'rolled back to round ' + str(entry['rolled_back_to'])}")
@@ -426,23 +399,23 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             self._stop("max_rounds")
 
     @override
-    def on_pruning_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: StructuredPruning) -> None:
+    def on_pruning_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                       controller: PruningController) -> None:
         if self._round0 is None:
             return
-        self.finished = True
+        self.planner.finished = True
         if self.stop_reason is None:
             self.stop_reason = "stopped"
         best = self._best
         assert best is not None
         if self._current != best["round"]:
-            controller.restore(trainer, pl_module, best["snapshot"])
+            controller.request(RestoreSnapshot(best["snapshot"]))
             self._current = best["round"]
         self.final_round = best["round"]
-        self._publish(controller)
         info(f"[lightning_prune] AAP stopped ({self.stop_reason}); final model: round {best['round']}")
 
     # ------------------------------------------------------------------ the rule
-    def _acceptable(self, controller: StructuredPruning, record: StepRecord) -> bool:
+    def _acceptable(self, controller: PruningController, record: StepRecord) -> bool:
         report = controller.report
         if self.target == "accuracy":
             metric, before = record.metric_after_finetune, report.metric_before
@@ -461,24 +434,11 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         return (-entry["size"], sign * metric, entry["round"])
 
     def _stop(self, reason: str) -> None:
-        self.finished, self.stop_reason = True, reason
-
-    def _append_round(self, entry: dict[str, Any], controller: StructuredPruning) -> None:
-        self.rounds.append(entry)
-        self._publish(controller)
-
-    def _publish(self, controller: StructuredPruning) -> None:
-        controller.report.extra["rounds"] = [dict(r) for r in self.rounds]
-        controller.report.extra["aap"] = {
-            "target": self.target, "max_drop": self.max_drop, "param_reduction": self.param_reduction,
-            "flops_reduction": self.flops_reduction, "rewind": self.rewind, "layer_weighting": self.layer_weighting,
-            "stop_reason": self.stop_reason, "final_round": self.final_round, "marked_unacceptable": list(self._marked),
-            "snapshots_kept": len(self._kept()),
-        }
+        self.planner.finished, self.stop_reason = True, reason
 
     def snapshot_bytes(self) -> int:
         """CPU memory held by the kept snapshots (weights and optimizer states)."""
-        return sum(snapshot_nbytes(entry["snapshot"]) for entry in self._kept())
+        return sum(snapshots.nbytes(entry["snapshot"]) for entry in self._kept())
 
     def _kept(self) -> list[dict[str, Any]]:
         kept = list(self._stack)
@@ -486,25 +446,3 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             if entry is not None and all(entry is not other for other in kept):
                 kept.append(entry)
         return kept
-
-
-def snapshots_to_cpu(value: Any) -> Any:
-    """A deep copy of nested state with tensors on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: snapshots_to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(snapshots_to_cpu(v) for v in value)
-    return value
-
-
-def snapshot_nbytes(value: Any) -> int:
-    """Bytes of all tensors in a (nested) controller snapshot."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(snapshot_nbytes(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return sum(snapshot_nbytes(v) for v in value)
-    return 0

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import check_single
+from lightning_prune.callbacks.base import check_resume_hparams, check_single
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.structural import masks as M
@@ -36,9 +36,13 @@ class SimulatedPruning(Callback):
             the paper uses 0.1).
 
     Example:
-        >>> from lightning_prune.callbacks.simulated import SimulatedPruning
+        >>> from lightning_prune import GradualMagnitudePruning, SimulatedPruning
+        >>> from lightning_prune.demos import DemoModule, demo_loaders, demo_trainer
         >>> simulated = SimulatedPruning(sparsity=0.1)
-        >>> # Trainer(callbacks=[GradualMagnitudePruning(sparsity=0.9), simulated]).fit(model, dm)
+        >>> pruning = GradualMagnitudePruning(sparsity=0.5, pruning_epochs=2, patience=0, finetune_patience=1)
+        >>> demo_trainer([pruning, simulated]).fit(DemoModule(), *demo_loaders())
+        >>> simulated.steps  # one per training batch of the 2 pruning epochs
+        8
     """
 
     def __init__(self, sparsity: float = 0.1) -> None:
@@ -56,18 +60,24 @@ class SimulatedPruning(Callback):
         """True between a batch's zeroing and the restore."""
         return bool(self._saved)
 
+    def _hparams(self) -> dict[str, Any]:
+        return {"sparsity": self.sparsity}
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"hparams": self._hparams(), "steps": self.steps}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_resume_hparams(self, state_dict.get("hparams"), self._hparams())
+        self.steps = int(state_dict["steps"])
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        found = [cb for cb in trainer.callbacks if isinstance(cb, GradualMagnitudePruning)]
-        if len(found) != 1:
-            raise PruningConfigError(
-                f"SimulatedPruning needs exactly one GradualMagnitudePruning callback, found {len(found)}",
-                hint="add `GradualMagnitudePruning(...)` to the Trainer's callbacks (once)",
-            )
+        self._controller = GradualMagnitudePruning.find(trainer, self)
         check_single(trainer, self)
-        self._controller = found[0]
 
     @override
     def on_train_batch_start(
