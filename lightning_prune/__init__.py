@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
     from lightning_prune.models.module import ImageClassifier
     from lightning_prune.sparse import load_sparse, save_sparse
     from lightning_prune.state import PruningReport, StepRecord
-    from lightning_prune.tuning.tuner import TuneResult, tune
+    from lightning_prune.tuning.settings import TuneResult
+    from lightning_prune.tuning.tuner import tune
 
 __version__ = "0.1.0"
 
@@ -55,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     "StepRecord": "lightning_prune.state",
     "StructuredPruning": "lightning_prune.callbacks.structured",
     "ThresholdSkipFineTune": "lightning_prune.callbacks.threshold_skip",
-    "TuneResult": "lightning_prune.tuning.tuner",
+    "TuneResult": "lightning_prune.tuning.settings",
     "dg2pf_loss": "lightning_prune.losses",
     "export_onnx": "lightning_prune.export",
     "load_pruned": "lightning_prune.artifacts",

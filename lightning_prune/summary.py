@@ -1,4 +1,4 @@
-"""The end-of-fit summary of a structured pruning run, as text (rendered with rich)."""
+"""The end-of-fit summaries and the step log lines of the controllers, as text (tables rendered with rich)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from lightning_prune.state import PruningReport, StepRecord
+from lightning_prune.state import GradualReport, PruningReport, StepRecord
 
 
 def _fmt(value: Any) -> str:
@@ -79,3 +79,23 @@ def step_line(record: StepRecord, total: int | None, params_before: int, monitor
             f"{', '.join(record.components)}: -{record.channels_removed} channels, params {record.params:,} "
             f"({100 * (1 - record.params / (params_before or 1)):.1f}% removed), {monitor} "
             f"{_fmt(record.metric_after_prune)}")
+
+
+def gradual_summary(report: GradualReport, sparse_file: str) -> list[str]:
+    """The end-of-fit lines of a :class:`~lightning_prune.GradualMagnitudePruning` run.
+
+    Example:
+        >>> report = GradualReport(target_sparsity=0.5, scope="global", schedule=[0.5], monitor="val_acc",
+        ...                        metric_before=0.9, metric_after=0.88, completed=True,
+        ...                        sparsity={"overall": 0.5, "layers": {"w": {}}})
+        >>> gradual_summary(report, "sparse_model.pt")[0]
+        "[lightning_prune] sparsity 0.5000 over 1 tensors; val_acc 0.9000 -> 0.8800; epochs {'pretrain': 0, 'prune': 0, 'converge': 0, 'finetune': 0}"
+    """
+    status = "" if report.completed else f"INCOMPLETE ({report.stop_reason}): "
+    before, after = (("n/a" if v is None else f"{v:.4f}") for v in (report.metric_before, report.metric_after))
+    lines = [f"[lightning_prune] {status}sparsity {report.sparsity['overall']:.4f} over "
+             f"{len(report.sparsity['layers'])} tensors; {report.monitor} {before} -> {after}; epochs {report.epochs}"]
+    if report.size:
+        lines.append(f"[lightning_prune] {sparse_file} {report.size['bytes']:,} bytes vs dense "
+                     f"{report.size['dense_bytes']:,} ({report.size['ratio']:.2f}x smaller)")
+    return lines

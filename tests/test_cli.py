@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import lightning_prune
-from lightning_prune import PruningConfigError, cli
+from lightning_prune import PruningConfigError, cli, lightning_cli
 from lightning_prune._lightning import LITLOGGER_TIP
 from lightning_prune.cli import SUBCOMMANDS, main, make_cli
 
@@ -212,7 +212,7 @@ def test_other_exceptions_keep_their_traceback(
     def broken(args: Any = None, run: bool = True) -> None:
         raise RuntimeError("not a configuration problem")
 
-    monkeypatch.setattr(cli, "make_cli", broken)
+    monkeypatch.setattr(lightning_cli, "make_cli", broken)
     with pytest.raises(RuntimeError, match="not a configuration problem"):
         main(["fit", "--config", "whatever.yaml"])
     assert capsys.readouterr().err == ""
@@ -313,7 +313,7 @@ def test_pruning_config_gets_the_default_logger_and_open_ended_epochs_without_no
     finally:
         rank_zero.removeHandler(records)
     assert trainer.fit_loop.max_epochs == -1  # the controller sets it from its plan at train start
-    expected = cli._default_logger(tmp_path)
+    expected = lightning_cli._default_logger(tmp_path)
     assert type(trainer.logger) is type(expected) and trainer.logger.log_dir == expected.log_dir
     assert not [w for w in caught if "tensorboardX" in str(w.message)]
     assert not [m for m in records.messages if m.startswith(LITLOGGER_TIP)]

@@ -23,7 +23,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
 
-from lightning_prune import cli
+from lightning_prune import cli, lightning_cli
 from lightning_prune._lightning import (
     LITLOGGER_TIP,
     MEASUREMENT_LABEL,
@@ -92,12 +92,12 @@ def test_cli_default_logger_writes_where_lightnings_default_logger_does(
     monkeypatch.setattr(logger_connector, "_TENSORBOARD_AVAILABLE", tensorboard)
     monkeypatch.setattr(logger_connector, "_TENSORBOARDX_AVAILABLE", False)
     monkeypatch.setattr(fabric_tensorboard, "_TENSORBOARD_AVAILABLE", tensorboard)  # the logger's own check
-    monkeypatch.setattr(cli, "_tensorboard_available", lambda: tensorboard)
+    monkeypatch.setattr(lightning_cli, "_tensorboard_available", lambda: tensorboard)
     root = str(tmp_path / "runs" / ".." / "runs")  # not normalised: the Trainer normalises it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lightning_default = Trainer(logger=True, default_root_dir=root, **QUIET).logger
-    ours = cli._default_logger(root)
+    ours = lightning_cli._default_logger(root)
     expected_type = TensorBoardLogger if tensorboard else CSVLogger
     assert type(lightning_default) is type(ours) is expected_type
     assert ours.save_dir == lightning_default.save_dir == str(tmp_path / "runs")
@@ -111,7 +111,7 @@ def test_cli_default_logger_without_default_root_dir_is_in_the_working_directory
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lightning_default = Trainer(logger=True, **QUIET).logger
-    assert cli._default_logger(None).log_dir == lightning_default.log_dir == str(tmp_path / "lightning_logs" / "version_0")
+    assert lightning_cli._default_logger(None).log_dir == lightning_default.log_dir == str(tmp_path / "lightning_logs" / "version_0")
 
 
 def test_tensorboard_availability_follows_importability(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,7 +119,7 @@ def test_tensorboard_availability_follows_importability(monkeypatch: pytest.Monk
 
     for available in ({"tensorboard"}, {"tensorboardX"}, set()):
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *_, a=available: object() if name in a else None)
-        assert cli._tensorboard_available() is bool(available)
+        assert lightning_cli._tensorboard_available() is bool(available)
 
 
 def test_default_logger_without_tensorboard_gives_the_tensorboardx_notice(
@@ -134,7 +134,7 @@ def test_default_logger_without_tensorboard_gives_the_tensorboardx_notice(
         notices = [w for w in caught if "`tensorboardX` has been removed" in str(w.message)]
         assert len(notices) == 1
         caught.clear()
-        Trainer(logger=cli._default_logger(tmp_path), default_root_dir=str(tmp_path), **QUIET)
+        Trainer(logger=lightning_cli._default_logger(tmp_path), default_root_dir=str(tmp_path), **QUIET)
         assert not [w for w in caught if "tensorboardX" in str(w.message)]
 
 

@@ -35,6 +35,7 @@ from lightning_prune.tuning import (
     pareto_front,
     tune,
 )
+from lightning_prune.tuning import config as configs
 from lightning_prune.tuning import pipeline, tuner
 
 # make_cli(args=...) under pytest: sys.argv holds pytest's own arguments
@@ -237,7 +238,7 @@ def test_trial_config_seeds_every_trial_and_respects_the_users_callbacks(tmp_pat
     config = tiny_config()
     del config["seed_everything"], config["trainer"]["enable_progress_bar"]
     config["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.RichProgressBar"})
-    out = pipeline.trial_config(config, {"ImageClassifier.lr": 0.2, "PruningAwareLR.beta": 40.0}, tmp_path / "t",
+    out = configs.trial_config(config, {"ImageClassifier.lr": 0.2, "PruningAwareLR.beta": 40.0}, tmp_path / "t",
                                 subset_fraction=0.1, seed=7)
     assert out["seed_everything"] == 7  # no seed in the config: the same fixed seed for every trial
     assert "enable_progress_bar" not in out["trainer"]  # Lightning refuses False beside a progress-bar callback
@@ -245,7 +246,7 @@ def test_trial_config_seeds_every_trial_and_respects_the_users_callbacks(tmp_pat
     assert out["model"]["init_args"]["lr"] == 0.2 and out["trainer"]["callbacks"][3]["init_args"]["beta"] == 40.0
     assert config["model"]["init_args"]["lr"] == 0.05  # the base config is left alone
     config["seed_everything"] = 3
-    assert pipeline.trial_config(config, {}, tmp_path / "t", None, seed=7)["seed_everything"] == 3
+    assert configs.trial_config(config, {}, tmp_path / "t", None, seed=7)["seed_everything"] == 3
 
 
 def test_grid_covers_the_grid_and_resumes_after_a_killed_worker(tmp_path: Path, fake: FakePipeline) -> None:

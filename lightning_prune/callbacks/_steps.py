@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any
 
@@ -19,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_prune import _lightning
+from lightning_prune import _lightning, artifacts
 from lightning_prune._logging import info
 from lightning_prune.callbacks.base import PruningController, Request, RewindWeights, TrialStep
 from lightning_prune.errors import PruningConfigError
@@ -29,8 +30,10 @@ from lightning_prune.schedules import BlockwisePlanner, PruningPlanner, UniformP
 from lightning_prune.state import PruningReport, StepRecord, StructuredPhase
 from lightning_prune.structural import graph as structure
 from lightning_prune.structural import snapshot as snapshots
-from lightning_prune.summary import step_line
+from lightning_prune.summary import step_line, summary_table
 
+#: File names of the pruned model: a finished run, and one stopped before its plan's end.
+PRUNED_MODEL, PRUNED_MODEL_INCOMPLETE = "pruned_model.pt", "pruned_model.incomplete.pt"
 #: Dict keys under which a batch may hold the model input.
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
 
@@ -138,6 +141,8 @@ class StepExecution(PruningController):
     _last_val: tuple[int, float] | None
     _trial: dict[str, Any] | None
     _finetune_started: float | None
+    monitor: str
+    output_dir: str | None
 
     @abc.abstractmethod
     def _enter(self, trainer: pl.Trainer, pl_module: pl.LightningModule, phase: StructuredPhase) -> None:
@@ -319,3 +324,22 @@ class StepExecution(PruningController):
             optimizer.load_state_dict(state)
         self._dispatch("on_structure_changed", trainer, pl_module)
 
+    # ------------------------------------------------------------------ outputs
+    def _summarise(self, pl_module: pl.LightningModule, metric: float | None) -> None:
+        example = self._example.to(pl_module.device) if self._example is not None else None
+        self.report.params_after = structure.count_params(pl_module)
+        self.report.macs_after = structure.count_macs(pl_module, example) if example is not None else 0
+        self.report.metric_after = metric
+        self.report.seconds_total = self._elapsed()
+        self.report.extra.update(self._sections())
+
+    def _write_outputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.report.steps_planned = self._steps_planned()
+        if not trainer.is_global_zero:
+            return
+        out = self._out if self._out is not None else Path(self.output_dir or trainer.default_root_dir)
+        name = PRUNED_MODEL if self.report.completed else PRUNED_MODEL_INCOMPLETE
+        self.report.write(out / "report.json")
+        artifacts.save_pruned(out / name, pl_module, self.history, self._example, completed=self.report.completed)
+        info(summary_table(self.report, self.monitor))
+        info(f"[lightning_prune] wrote {out / 'report.json'} and {out / name}")

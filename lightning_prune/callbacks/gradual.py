@@ -18,6 +18,8 @@ from lightning_prune.errors import check as _check
 from lightning_prune.sparse import save_sparse
 from lightning_prune.state import GradualPhase, GradualReport, Patience
 from lightning_prune.structural import masks as M
+from lightning_prune.structural import snapshot as snapshots
+from lightning_prune.summary import gradual_summary
 
 __all__ = ["DEFAULT_FINETUNE_OPTIMIZER", "GradualMagnitudePruning"]
 
@@ -30,10 +32,6 @@ Phase = GradualPhase
 
 def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 class GradualMagnitudePruning(PruningController):
@@ -348,14 +346,8 @@ class GradualMagnitudePruning(PruningController):
         if self.save_sparse_model:
             self.report.size = save_sparse(pl_module, out / name, completed=self.report.completed)
         self.report.write(out / "report.json")
-        layers = self.report.sparsity["layers"]
-        status = "" if self.report.completed else f"INCOMPLETE ({self.report.stop_reason}): "
-        info(f"[lightning_prune] {status}sparsity {self.report.sparsity['overall']:.4f} over {len(layers)} tensors; "
-             f"{self.monitor} {_fmt(self.report.metric_before)} -> {_fmt(self.report.metric_after)}; "
-             f"epochs {self.report.epochs}")
-        if self.report.size:
-            info(f"[lightning_prune] {name} {self.report.size['bytes']:,} bytes vs dense "
-                 f"{self.report.size['dense_bytes']:,} ({self.report.size['ratio']:.2f}x smaller)")
+        for line in gradual_summary(self.report, name):
+            info(line)
         info(f"[lightning_prune] wrote {out / 'report.json'}")
 
     @override
@@ -366,15 +358,11 @@ class GradualMagnitudePruning(PruningController):
     # ------------------------------------------------------------------ services
     @override
     def snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizers: bool = True) -> dict[str, Any]:
-        from lightning_prune.structural import snapshot as snapshots
-
         return {"model": snapshots.capture(pl_module), "masks": {n: m.cpu().clone() for n, m in self._masks.items()},
                 "optimizers": [snapshots.to_cpu(o.state_dict()) for o in trainer.optimizers] if optimizers else []}
 
     @override
     def restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule, snapshot: dict[str, Any]) -> None:
-        from lightning_prune.structural import snapshot as snapshots
-
         snapshots.restore(pl_module, snapshot["model"])
         self._params = self._prunable(pl_module)
         self._masks = {n: m.to(self._params[n].device) for n, m in snapshot["masks"].items()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -13,18 +12,15 @@ from typing_extensions import override
 
 from lightning_prune import _lightning, artifacts
 from lightning_prune._logging import info
-from lightning_prune.callbacks._steps import StepExecution
+from lightning_prune.callbacks._steps import PRUNED_MODEL, PRUNED_MODEL_INCOMPLETE, StepExecution
 from lightning_prune.callbacks.base import check_resume_hparams
 from lightning_prune.errors import check as _check
 from lightning_prune.importance import ChannelImportance, get_importance
 from lightning_prune.schedules import SCHEDULES, PruningPlanner, make_planner
 from lightning_prune.state import PruningReport, StepRecord, StructuredPhase
 from lightning_prune.structural import graph as structure
-from lightning_prune.summary import summary_table
 
 Phase = StructuredPhase
-#: File names of the pruned model: a finished run, and one stopped before its plan's end.
-PRUNED_MODEL, PRUNED_MODEL_INCOMPLETE = "pruned_model.pt", "pruned_model.incomplete.pt"
 
 
 class StructuredPruning(StepExecution):
@@ -420,25 +416,6 @@ class StructuredPruning(StepExecution):
         self.report.completed, self.report.stop_reason = False, reason
         info(f"[lightning_prune] the fit stopped before the pruning plan was complete ({reason}): "
              f"{len(self.report.steps)} of {self._steps_planned() or '?'} steps done")
-
-    def _summarise(self, pl_module: pl.LightningModule, metric: float | None) -> None:
-        example = self._example.to(pl_module.device) if self._example is not None else None
-        self.report.params_after = structure.count_params(pl_module)
-        self.report.macs_after = structure.count_macs(pl_module, example) if example is not None else 0
-        self.report.metric_after = metric
-        self.report.seconds_total = self._elapsed()
-        self.report.extra.update(self._sections())
-
-    def _write_outputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.report.steps_planned = self._steps_planned()
-        if not trainer.is_global_zero:
-            return
-        out = self._out if self._out is not None else Path(self.output_dir or trainer.default_root_dir)
-        name = PRUNED_MODEL if self.report.completed else PRUNED_MODEL_INCOMPLETE
-        self.report.write(out / "report.json")
-        artifacts.save_pruned(out / name, pl_module, self.history, self._example, completed=self.report.completed)
-        info(summary_table(self.report, self.monitor))
-        info(f"[lightning_prune] wrote {out / 'report.json'} and {out / name}")
 
 
 __all__ = ["PRUNED_MODEL", "PRUNED_MODEL_INCOMPLETE", "StructuredPruning"]

@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
     from lightning_prune.tuning.pipeline import Outcome, TrialFailed
     from lightning_prune.tuning.space import ICE_CIFAR_GRID, Param, SearchSpace
     from lightning_prune.tuning.study import SAMPLERS
-    from lightning_prune.tuning.tuner import TuneResult, TuneSettings, tune
+    from lightning_prune.tuning.settings import TuneResult, TuneSettings
+    from lightning_prune.tuning.tuner import tune
 
 #: Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {
@@ -42,8 +43,8 @@ _EXPORTS: dict[str, str] = {
     "Point": "lightning_prune.tuning.objectives",
     "SearchSpace": "lightning_prune.tuning.space",
     "TrialFailed": "lightning_prune.tuning.pipeline",
-    "TuneResult": "lightning_prune.tuning.tuner",
-    "TuneSettings": "lightning_prune.tuning.tuner",
+    "TuneResult": "lightning_prune.tuning.settings",
+    "TuneSettings": "lightning_prune.tuning.settings",
     "budget_objective": "lightning_prune.tuning.objectives",
     "choose_from_front": "lightning_prune.tuning.objectives",
     "ice_objective": "lightning_prune.tuning.objectives",

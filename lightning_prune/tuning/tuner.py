@@ -11,10 +11,8 @@ config as ``best_config.yaml``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,169 +21,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_prune._logging import info
 from lightning_prune.errors import PruningConfigError
+from lightning_prune.tuning import config as configs
 from lightning_prune.tuning import pipeline
+from lightning_prune.tuning import storage as storages
 from lightning_prune.tuning import study as studies
-from lightning_prune.tuning.objectives import INFEASIBLE, Point, check_objective, choose_from_front, objective_value
+from lightning_prune.tuning.objectives import INFEASIBLE, Point, choose_from_front, objective_value
+from lightning_prune.tuning.settings import DEFAULT_TRIALS, TuneResult, TuneSettings
 from lightning_prune.tuning.space import SearchSpace
 
-#: Number of trials a TPE / random study runs per call when ``n_trials`` is not given.
-DEFAULT_TRIALS = 20
 #: Run the garbage collector after every trial (frees each run's model, optimizer and loaders).
 GC_AFTER_TRIAL = True
-
-
-@dataclass
-class TuneSettings:
-    """The study's settings: defaults, then the config's ``tune:`` block, then explicit arguments.
-
-    Args:
-        search_space: A search-space YAML path, a mapping, or ``None`` for the authors' CIFAR grid.
-        objective: ``"budget"`` (minimise pruning time with drop <= ``max_drop``), ``"ice"`` (the
-            paper's eq. 2, literally) or ``"pareto"`` (time and drop; the Pareto front is reported).
-        max_drop: The drop budget in the metric's units (0.01 = one point of accuracy as a fraction);
-            also picks the stage-2 point from a Pareto front.
-        points_per_unit: ``"ice"`` only: dA in points is ``drop * points_per_unit``.
-        sampler: ``"grid"`` (the paper's choice), ``"tpe"`` or ``"random"``.
-        n_trials: Trials this call runs (per worker; 0: none, only the choice and stage 2). Grid
-            default: the points not yet evaluated, so re-running the same command resumes;
-            TPE/random default: :data:`DEFAULT_TRIALS`.
-        subset_fraction: Fraction of the training and validation splits each stage-1 trial uses.
-        storage: Optuna storage URL; default ``sqlite:///<output_dir>/study.db``.
-        study_name: Default ``<config file name>-<objective>``.
-        output_dir: Default ``<trainer.default_root_dir>/tune`` (``outputs/tune`` without one).
-        stage2: Run stage 2.
-        stage2_subset_fraction: Data fraction of stage 2; ``None``: the config's own.
-        seed: Seed of the samplers, and of ``seed_everything`` where the config sets none.
-        quiet: Silence Lightning's and the controller's messages during stage-1 trials.
-
-    Example:
-        >>> TuneSettings.resolve({"n_trials": 4, "objective": "ice"}, {"n_trials": 2}).n_trials
-        2
-    """
-
-    search_space: str | Mapping[str, Any] | SearchSpace | None = None
-    objective: str = "budget"
-    max_drop: float = 0.01
-    points_per_unit: float = 100.0
-    sampler: str = "grid"
-    n_trials: int | None = None
-    subset_fraction: float = 0.02
-    storage: str | None = None
-    study_name: str | None = None
-    output_dir: str | Path | None = None
-    stage2: bool = True
-    stage2_subset_fraction: float | None = None
-    seed: int = 0
-    quiet: bool = True
-
-    @classmethod
-    def resolve(cls, block: Mapping[str, Any], overrides: Mapping[str, Any]) -> TuneSettings:
-        """Defaults, updated by the config's ``tune:`` block, updated by the non-``None`` ``overrides``."""
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(block) - set(names))
-        if unknown:
-            raise PruningConfigError(f"unknown key(s) {unknown} in the config's `tune:` block",
-                                     hint=f"valid keys: {', '.join(names)}")
-        values = {**dict(block), **{k: v for k, v in overrides.items() if v is not None}}
-        settings = cls(**values)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        """Validate every value; raises :class:`PruningConfigError` naming the bad one."""
-        check_objective(self.objective)
-        studies.check_sampler(self.sampler)
-
-        def fraction(name: str, value: Any, optional: bool = False) -> None:
-            if optional and value is None:
-                return
-            if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1):
-                raise PruningConfigError(f"{name}={value!r} must be in (0, 1]",
-                                         hint=f"e.g. {name}=0.02 for a 2 % subset" + (" or omit it" if optional else ""))
-
-        fraction("subset_fraction", self.subset_fraction)
-        fraction("stage2_subset_fraction", self.stage2_subset_fraction, optional=True)
-        if not (isinstance(self.max_drop, int | float) and math.isfinite(self.max_drop) and self.max_drop >= 0):
-            raise PruningConfigError(f"max_drop={self.max_drop!r} must be a finite number >= 0",
-                                     hint="in the metric's units: 0.01 is one point of accuracy logged as a fraction")
-        if not (isinstance(self.points_per_unit, int | float) and math.isfinite(self.points_per_unit)
-                and self.points_per_unit > 0):
-            raise PruningConfigError(f"points_per_unit={self.points_per_unit!r} must be a finite number > 0",
-                                     hint="100 for accuracy logged as a fraction")
-        if self.n_trials is not None and not (isinstance(self.n_trials, int) and not isinstance(self.n_trials, bool)
-                                              and self.n_trials >= 0):
-            raise PruningConfigError(f"n_trials={self.n_trials!r} must be an integer >= 0",
-                                     hint="omit it to run the whole grid; 0 runs no trial, only stage 2")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise PruningConfigError(f"seed={self.seed!r} must be an integer", hint="e.g. seed=0")
-
-
-@dataclass
-class TuneResult:
-    """What :func:`tune` did: the study, its trials, the chosen parameters and the stage-2 report.
-
-    Attributes:
-        study_name, storage, objective, sampler: The study.
-        best_params: The chosen ``{"ClassName.argument": value}`` (for ``"pareto"``: the front's
-            fastest point within ``max_drop``, else its smallest drop).
-        best_trial: Its trial number.
-        best_value: Its objective value (two values for ``"pareto"``).
-        feasible: Whether it meets ``max_drop`` (``None`` for ``"ice"``).
-        pareto_front: ``"pareto"``: the front's trials (number, params, seconds, drop), fastest first.
-        trials: One row per trial of the study: number, state, params, seconds, drop, value(s), ...
-        output_dir: Where trials, ``best_params.yaml``, ``best_config.yaml`` and ``stage2/`` are.
-        best_params_path, best_config_path: The written files.
-        stage2_report: ``stage2/report.json`` (``None`` without stage 2).
-        stage2: Stage 2's seconds, drop, metrics, params and MACs.
-
-    Example:
-        >>> TuneResult(study_name="s", storage="sqlite:///s.db", objective="budget", sampler="grid").best_params
-    """
-
-    study_name: str
-    storage: str
-    objective: str
-    sampler: str
-    best_params: dict[str, Any] | None = None
-    best_trial: int | None = None
-    best_value: float | list[float] | None = None
-    feasible: bool | None = None
-    pareto_front: list[dict[str, Any]] = field(default_factory=list)
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    output_dir: Path | None = None
-    best_params_path: Path | None = None
-    best_config_path: Path | None = None
-    stage2_report: Path | None = None
-    stage2: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (paths as strings)."""
-        data = asdict(self)
-        for key, value in data.items():
-            if isinstance(value, Path):
-                data[key] = str(value)
-        return data
-
-    def summary(self) -> str:
-        """A few human-readable lines: study, counts, the choice, the files."""
-        states = [t["state"] for t in self.trials]
-        lines = [f"study {self.study_name!r} ({studies.display_url(self.storage)}): objective {self.objective}, sampler {self.sampler}; "
-                 f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} invalid, {states.count('FAIL')} failed"]
-        if self.best_params is not None:
-            row = next((t for t in self.trials if t["number"] == self.best_trial), {})
-            lines.append(f"best: trial #{self.best_trial} {_params_text(self.best_params)} -> {_outcome_text(row)}"
-                         + ("" if self.feasible in (None, True) else " (no trial met max_drop)"))
-        for point in self.pareto_front:
-            lines.append(f"  front: trial #{point['number']} PT {point['seconds']:.2f} s, drop {point['drop']:.4f}")
-        for label, path in (("best params", self.best_params_path), ("best config", self.best_config_path),
-                            ("stage-2 report", self.stage2_report)):
-            if path is not None:
-                lines.append(f"{label}: {path}")
-        if self.stage2:
-            lines.append(f"stage 2: PT {self.stage2['seconds']:.2f} s, drop {self.stage2['drop']:.4f} "
-                         f"({self.stage2['metric_before']:.4f} -> {self.stage2['metric_after']:.4f}), "
-                         f"MACs {self.stage2['macs_before']:,} -> {self.stage2['macs_after']:,}")
-        return "\n".join(lines)
 
 
 def tune(
@@ -252,10 +97,10 @@ def tune(
                 "subset_fraction": subset_fraction, "storage": storage, "study_name": study_name,
                 "output_dir": output_dir, "stage2": stage2, "stage2_subset_fraction": stage2_subset_fraction,
                 "seed": seed, "quiet": quiet}
-    fit_config, block, path = pipeline.load_config(config)
+    fit_config, block, path = configs.load_config(config)
     opts = TuneSettings.resolve(block, settings)
     space = SearchSpace.load(opts.search_space, base_dir=path.parent if path is not None else None)
-    pipeline.validate(space, fit_config)
+    configs.validate(space, fit_config)
     if opts.sampler == "grid":
         space.grid()  # ranges are refused here, before anything runs
 
@@ -264,7 +109,7 @@ def tune(
     study_name = opts.study_name or f"{path.stem if path is not None else 'pipeline'}-{opts.objective}"
     settings_record = studies.study_settings(opts.objective, opts.max_drop, opts.points_per_unit, opts.subset_fraction)
     if opts.storage is not None:  # before anything is created (the default one lives in output_dir, made below)
-        studies.check_storage(opts.storage)
+        storages.check_storage(opts.storage)
     created = _make_dirs(output_dir)
 
     verbosity = optuna.logging.get_verbosity()
@@ -280,7 +125,7 @@ def tune(
         study = studies.open_shared(storage_url, study_name, opts.objective, opts.sampler, space, opts.seed, settings_record)
         requeued = studies.recover(study)
         n_trials = _trials_to_run(study, space, opts)
-        info(f"[lightning_prune] tune: study {study_name!r} in {studies.display_url(storage_url)}; "
+        info(f"[lightning_prune] tune: study {study_name!r} in {storages.display_url(storage_url)}; "
              f"objective {_objective_text(opts)}, "
              f"sampler {opts.sampler}, {len(space.params)} parameters"
              + (f" ({space.grid_size()} grid points)" if space.grid_size() else "")
@@ -310,24 +155,24 @@ class _Objective:
         self.config, self.space, self.opts, self.output_dir = config, space, opts, output_dir
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        trial.set_user_attr(studies.WORKER, studies.worker_id())
+        trial.set_user_attr(storages.WORKER, storages.worker_id())
         params = self.space.suggest(trial)
         try:
-            pipeline.check_combination(self.config, params)
+            configs.check_combination(self.config, params)
         except PruningConfigError as exc:
             trial.set_user_attr("invalid", str(exc))
             raise optuna.TrialPruned(f"invalid combination: {exc}") from None
         trial_dir = self.output_dir / f"trial_{trial.number}"
-        config = pipeline.trial_config(self.config, params, trial_dir, self.opts.subset_fraction, self.opts.seed,
+        config = configs.trial_config(self.config, params, trial_dir, self.opts.subset_fraction, self.opts.seed,
                                        quiet=self.opts.quiet, checkpoints=False)
-        config_path = pipeline.write_config(config, trial_dir / "trial_config.yaml",
+        config_path = configs.write_config(config, trial_dir / "trial_config.yaml",
                                             header=f"lightning-prune tune: trial {trial.number} of study {trial.study.study_name!r}")
         trial.set_user_attr("dir", str(trial_dir))
         try:
             with pipeline.quiet_logging(self.opts.quiet):
                 outcome = pipeline.run_pipeline(config_path)
         except KeyboardInterrupt:
-            trial.set_user_attr(studies.INTERRUPTED, "KeyboardInterrupt")
+            trial.set_user_attr(storages.INTERRUPTED, "KeyboardInterrupt")
             raise
         for key, value in outcome.to_dict().items():
             trial.set_user_attr(key, value)
@@ -399,8 +244,8 @@ def _remove_empty(folders: list[Path]) -> None:
 def _parse_check(fit_config: dict[str, Any], output_dir: Path, opts: TuneSettings) -> None:
     """LightningCLI must accept the trial config before any trial runs (a file per process: workers share the folder)."""
     path = output_dir / f".parse_check_{os.getpid()}.yaml"
-    config = pipeline.trial_config(fit_config, {}, output_dir / "parse_check", opts.subset_fraction, opts.seed)
-    pipeline.write_config(config, path, header="lightning-prune tune: parse check")
+    config = configs.trial_config(fit_config, {}, output_dir / "parse_check", opts.subset_fraction, opts.seed)
+    configs.write_config(config, path, header="lightning-prune tune: parse check")
     try:
         with pipeline.quiet_logging(True):
             pipeline.parse_check(path)
@@ -417,7 +262,7 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
             row[key] = attrs[key]
     if trial.values is not None:
         row["value"] = trial.values[0] if len(trial.values) == 1 else list(trial.values)
-    for key in ("invalid", studies.INTERRUPTED, studies.RETRY_OF):
+    for key in ("invalid", storages.INTERRUPTED, storages.RETRY_OF):
         if key in attrs:
             row[key] = attrs[key]
     return row
@@ -462,12 +307,12 @@ def _write_best(result: TuneResult, fit_config: dict[str, Any], opts: TuneSettin
     row = next(t for t in result.trials if t["number"] == result.best_trial)
     about = (f"lightning-prune tune: study {study_name!r}, objective {_objective_text(opts)}, trial #{result.best_trial}\n"
              f"stage 1 ({opts.subset_fraction:g} of the data): {_outcome_text(row)}")
-    result.best_params_path = pipeline.write_config(result.best_params, output_dir / "best_params.yaml", header=about)
-    best_config = pipeline.apply_params(fit_config, result.best_params)
+    result.best_params_path = configs.write_config(result.best_params, output_dir / "best_params.yaml", header=about)
+    best_config = configs.apply_params(fit_config, result.best_params)
     seed_value = best_config.get("seed_everything")
     if not isinstance(seed_value, int) or isinstance(seed_value, bool):
         best_config["seed_everything"] = opts.seed
-    result.best_config_path = pipeline.write_config(
+    result.best_config_path = configs.write_config(
         best_config, output_dir / "best_config.yaml",
         header=f"{about}\nrun: lightning-prune fit --config {output_dir / 'best_config.yaml'}")
 
@@ -475,9 +320,9 @@ def _write_best(result: TuneResult, fit_config: dict[str, Any], opts: TuneSettin
 def _stage2(result: TuneResult, fit_config: dict[str, Any], opts: TuneSettings, output_dir: Path) -> None:
     assert result.best_params is not None
     stage_dir = output_dir / "stage2"
-    config = pipeline.trial_config(fit_config, result.best_params, stage_dir, opts.stage2_subset_fraction, opts.seed,
+    config = configs.trial_config(fit_config, result.best_params, stage_dir, opts.stage2_subset_fraction, opts.seed,
                                    quiet=False)
-    path = pipeline.write_config(config, stage_dir / "stage2_config.yaml",
+    path = configs.write_config(config, stage_dir / "stage2_config.yaml",
                                  header=f"lightning-prune tune: stage 2 of study {result.study_name!r}")
     info(f"[lightning_prune] tune: stage 2 with trial #{result.best_trial}'s parameters {_params_text(result.best_params)}")
     outcome = pipeline.run_pipeline(path)
