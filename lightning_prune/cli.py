@@ -22,7 +22,7 @@ from lightning_prune.errors import PruningConfigError
 if TYPE_CHECKING:
     from lightning_prune.lightning_cli import PruneCLI
 
-__all__ = ["PruneCLI", "main", "make_cli"]
+__all__ = ["PruneCLI", "main", "make_cli"]  # noqa: F822 - PruneCLI and make_cli come from __getattr__
 
 #: The subcommands and their one-line descriptions, as ``lightning-prune --help`` lists them. The first
 #: four are LightningCLI's (``tests/test_cli.py`` checks they still are); ``tune`` is this library's.

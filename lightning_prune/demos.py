@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import lightning as L
@@ -147,7 +148,8 @@ def demo_trainer(callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
     """A fast, quiet CPU Trainer: no logger, checkpoints, progress bar, summary or sanity check.
 
     With a pruning controller among ``callbacks``, ``max_epochs`` defaults to -1 (the controller's plan
-    decides the number of epochs); without one, pass ``max_epochs``.
+    decides the number of epochs); without one, pass ``max_epochs``. Files (a controller's report and
+    model) go to a new temporary folder unless ``default_root_dir`` is given.
 
     Example:
         >>> demo_trainer([], max_epochs=1).fit(DemoModule(), *demo_loaders())
@@ -160,5 +162,7 @@ def demo_trainer(callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
     )
     if any(isinstance(cb, PruningController) for cb in callbacks):
         defaults["max_epochs"] = -1
+    if "default_root_dir" not in kwargs:
+        defaults["default_root_dir"] = tempfile.mkdtemp(prefix="lightning_prune_demo_")
     defaults.update(kwargs)
     return L.Trainer(callbacks=callbacks, **defaults)

@@ -9,13 +9,37 @@ import torch
 
 from lightning_prune.demos import Block, DemoModule, TinyConvNet, TinyResNet, demo_loaders, demo_trainer
 
-__all__ = ["Block", "Crash", "KillAt", "LitTiny", "RankWitness", "TinyConvNet", "TinyResNet", "make_data",
-           "make_trainer"]
+__all__ = ["Block", "Crash", "KillAt", "LitTiny", "RankWitness", "Scripted", "TinyConvNet", "TinyResNet", "fit",
+           "make_data", "make_trainer"]
 
 #: The tests' names for the public demos (lightning_prune.demos).
 LitTiny = DemoModule
 make_data = demo_loaders
 make_trainer = demo_trainer
+
+
+class Scripted(DemoModule):
+    """Every validation run (measurement or epoch) logs the next value of a script as ``val_acc``
+    (the last value again once the script is used up)."""
+
+    def __init__(self, script: list[float], lr: float = 0.05) -> None:
+        super().__init__(lr=lr)
+        self.script = script
+        self.runs = 0
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_acc", torch.tensor(self.script[min(self.runs, len(self.script) - 1)]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.runs += 1
+
+
+def fit(module: L.LightningModule, *callbacks: L.Callback, **trainer_kwargs: Any) -> L.Trainer:
+    """Fit ``module`` on the demo data with the quiet demo Trainer; returns the Trainer."""
+    train, val = demo_loaders()
+    trainer = demo_trainer(list(callbacks), **trainer_kwargs)
+    trainer.fit(module, train, val)
+    return trainer
 
 
 class Crash(L.Callback):

@@ -18,6 +18,7 @@ import torch
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 HERE = Path(__file__).parent
+SCRIPTS = HERE / "scripts"
 CONFIG = HERE.parent / "configs" / "quickstart.yaml"
 SCRIPT = Path(sys.executable).with_name("lightning-prune")
 TIMEOUT = 300
@@ -42,7 +43,7 @@ def _cli(cwd: Path, *extra: str, expect: int = 0) -> subprocess.CompletedProcess
 
 
 def _api(cwd: Path, *extra: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    return _run([sys.executable, str(HERE / "quickstart_api.py"), str(cwd / "outputs" / "quickstart"), *extra], cwd,
+    return _run([sys.executable, str(SCRIPTS / "quickstart_api.py"), str(cwd / "outputs" / "quickstart"), *extra], cwd,
                 expect)
 
 

@@ -23,7 +23,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.connectors.logger_connector import logger_connector
 
-from lightning_prune import cli, lightning_cli
+from lightning_prune import lightning_cli
 from lightning_prune._lightning import (
     LITLOGGER_TIP,
     MEASUREMENT_LABEL,

@@ -45,7 +45,22 @@ _EXPORTS: dict[str, str] = {
     "TrialStep": "lightning_prune.callbacks.base",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AdaptiveThresholdRollback",
+    "GradualMagnitudePruning",
+    "LayerFreezer",
+    "PruningAwareLR",
+    "PruningController",
+    "PruningSatellite",
+    "Request",
+    "RestoreSnapshot",
+    "RewindWeights",
+    "SelfDistillation",
+    "SimulatedPruning",
+    "StructuredPruning",
+    "ThresholdSkipFineTune",
+    "TrialStep",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -10,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning_prune.errors import PruningConfigError
-from lightning_prune.tuning.objectives import check_objective
+from lightning_prune.tuning.objectives import INFEASIBLE, check_objective
 from lightning_prune.tuning.space import SearchSpace
+from lightning_prune.tuning.storage import display_url
 from lightning_prune.tuning.study import check_sampler
 
 #: Number of trials a TPE / random study runs per call when ``n_trials`` is not given.
@@ -153,11 +153,11 @@ class TuneResult:
     def summary(self) -> str:
         """A few human-readable lines: study, counts, the choice, the files."""
         states = [t["state"] for t in self.trials]
-        lines = [f"study {self.study_name!r} ({storages.display_url(self.storage)}): objective {self.objective}, sampler {self.sampler}; "
+        lines = [f"study {self.study_name!r} ({display_url(self.storage)}): objective {self.objective}, sampler {self.sampler}; "
                  f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} invalid, {states.count('FAIL')} failed"]
         if self.best_params is not None:
             row = next((t for t in self.trials if t["number"] == self.best_trial), {})
-            lines.append(f"best: trial #{self.best_trial} {_params_text(self.best_params)} -> {_outcome_text(row)}"
+            lines.append(f"best: trial #{self.best_trial} {params_text(self.best_params)} -> {outcome_text(row)}"
                          + ("" if self.feasible in (None, True) else " (no trial met max_drop)"))
         for point in self.pareto_front:
             lines.append(f"  front: trial #{point['number']} PT {point['seconds']:.2f} s, drop {point['drop']:.4f}")
@@ -170,3 +170,23 @@ class TuneResult:
                          f"({self.stage2['metric_before']:.4f} -> {self.stage2['metric_after']:.4f}), "
                          f"MACs {self.stage2['macs_before']:,} -> {self.stage2['macs_after']:,}")
         return "\n".join(lines)
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """A trial's parameters in one line, e.g. ``LayerFreezer.freeze_fraction=0.3, ThresholdSkipFineTune.threshold=0.01``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def outcome_text(row: Mapping[str, Any]) -> str:
+    """A trial's outcome in one line: pruning time, drop, MACs and the objective's value."""
+    if "seconds" not in row:
+        return row.get("state", "?")
+    value = row.get("value")
+    if isinstance(value, float):
+        value_text = "over the drop budget" if value >= INFEASIBLE else f"{value:.4g}"
+    elif isinstance(value, list):
+        value_text = "(" + ", ".join(f"{v:.4g}" for v in value) + ")"
+    else:
+        value_text = "?"
+    return (f"PT {row['seconds']:.2f} s, drop {row['drop']:.4f} ({row['metric_before']:.4f} -> {row['metric_after']:.4f}), "
+            f"MACs {row.get('macs_after', 0):,}, value {value_text}")

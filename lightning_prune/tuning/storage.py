@@ -174,8 +174,8 @@ def check_storage(url: Any) -> None:
     except ImportError as err:
         missing = getattr(err, "name", None) or str(err)
         raise PruningConfigError(f"storage {shown!r} needs the database driver {missing!r}, which is not installed",
-                                 hint=f"pip install the driver (e.g. psycopg2-binary for postgresql, PyMySQL with "
-                                      f"mysql+pymysql://), or use a sqlite:/// file") from None
+                                 hint="pip install the driver (e.g. psycopg2-binary for postgresql, PyMySQL with "
+                                      "mysql+pymysql://), or use a sqlite:/// file") from None
     file = sqlite_file(url)
     if file is None:
         return

@@ -25,8 +25,8 @@ from lightning_prune.tuning import config as configs
 from lightning_prune.tuning import pipeline
 from lightning_prune.tuning import storage as storages
 from lightning_prune.tuning import study as studies
-from lightning_prune.tuning.objectives import INFEASIBLE, Point, choose_from_front, objective_value
-from lightning_prune.tuning.settings import DEFAULT_TRIALS, TuneResult, TuneSettings
+from lightning_prune.tuning.objectives import Point, choose_from_front, objective_value
+from lightning_prune.tuning.settings import DEFAULT_TRIALS, TuneResult, TuneSettings, outcome_text, params_text
 from lightning_prune.tuning.space import SearchSpace
 
 #: Run the garbage collector after every trial (frees each run's model, optimizer and loaders).
@@ -189,9 +189,9 @@ class _Progress:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.count += 1
         head = f"[lightning_prune] tune trial {self.count}/{self.total} (#{trial.number})"
-        params = _params_text(trial.params)
+        params = params_text(trial.params)
         if trial.state == TrialState.COMPLETE:
-            info(f"{head} {params} -> {_outcome_text(_row(trial))}")
+            info(f"{head} {params} -> {outcome_text(_row(trial))}")
         elif trial.state == TrialState.PRUNED:
             info(f"{head} {params} -> invalid combination, skipped: {trial.user_attrs.get('invalid', '')}")
         else:
@@ -306,7 +306,7 @@ def _write_best(result: TuneResult, fit_config: dict[str, Any], opts: TuneSettin
         return
     row = next(t for t in result.trials if t["number"] == result.best_trial)
     about = (f"lightning-prune tune: study {study_name!r}, objective {_objective_text(opts)}, trial #{result.best_trial}\n"
-             f"stage 1 ({opts.subset_fraction:g} of the data): {_outcome_text(row)}")
+             f"stage 1 ({opts.subset_fraction:g} of the data): {outcome_text(row)}")
     result.best_params_path = configs.write_config(result.best_params, output_dir / "best_params.yaml", header=about)
     best_config = configs.apply_params(fit_config, result.best_params)
     seed_value = best_config.get("seed_everything")
@@ -324,7 +324,7 @@ def _stage2(result: TuneResult, fit_config: dict[str, Any], opts: TuneSettings, 
                                    quiet=False)
     path = configs.write_config(config, stage_dir / "stage2_config.yaml",
                                  header=f"lightning-prune tune: stage 2 of study {result.study_name!r}")
-    info(f"[lightning_prune] tune: stage 2 with trial #{result.best_trial}'s parameters {_params_text(result.best_params)}")
+    info(f"[lightning_prune] tune: stage 2 with trial #{result.best_trial}'s parameters {params_text(result.best_params)}")
     outcome = pipeline.run_pipeline(path)
     result.stage2 = outcome.to_dict()
     result.stage2_report = Path(outcome.report) if outcome.report else None
@@ -344,21 +344,3 @@ def _objective_text(opts: TuneSettings) -> str:
     if opts.objective == "ice":
         return f"ice (eq. 2, {opts.points_per_unit:g} points per unit)"
     return f"pareto (time, drop; stage 2 within max_drop {opts.max_drop:g})"
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
-def _outcome_text(row: Mapping[str, Any]) -> str:
-    if "seconds" not in row:
-        return row.get("state", "?")
-    value = row.get("value")
-    if isinstance(value, float):
-        value_text = "over the drop budget" if value >= INFEASIBLE else f"{value:.4g}"
-    elif isinstance(value, list):
-        value_text = "(" + ", ".join(f"{v:.4g}" for v in value) + ")"
-    else:
-        value_text = "?"
-    return (f"PT {row['seconds']:.2f} s, drop {row['drop']:.4f} ({row['metric_before']:.4f} -> {row['metric_after']:.4f}), "
-            f"MACs {row.get('macs_after', 0):,}, value {value_text}")

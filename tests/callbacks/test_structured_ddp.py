@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).with_name("ddp_run.py")
+SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_run.py"
 
 
 @pytest.mark.parametrize("importance", ["l1", "mean_activation"])

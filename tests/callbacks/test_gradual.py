@@ -19,7 +19,7 @@ from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 from lightning_prune.sparse import load_sparse
 from lightning_prune.structural import masks as M
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+CONFIGS = Path(__file__).parents[2] / "configs"
 
 
 class Scripted(LitTiny):

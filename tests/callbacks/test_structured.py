@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
-from helpers import LitTiny, TinyConvNet, TinyResNet, make_data, make_trainer
+from helpers import LitTiny, TinyConvNet, TinyResNet, fit
 from lightning_prune import PruningSatellite, StructuredPruning
 from lightning_prune.schedules import PruningPlanner
 from lightning_prune.importance import IMPORTANCES
@@ -43,13 +43,6 @@ class Recorder(PruningSatellite, Callback):
     def finetune_decision(self, trainer, pl_module, controller, record) -> bool | None:
         self.global_steps.append(trainer.global_step)
         return self.decision
-
-
-def fit(module: LitTiny, *callbacks: Callback, **trainer_kwargs: Any):
-    train, val = make_data()
-    trainer = make_trainer(list(callbacks), **trainer_kwargs)
-    trainer.fit(module, train, val)
-    return trainer
 
 
 def conv1_channels(module: LitTiny) -> list[int]:

@@ -41,7 +41,7 @@ from lightning_prune.tuning import pipeline, tuner
 # make_cli(args=...) under pytest: sys.argv holds pytest's own arguments
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is intended")
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).parents[2]
 SPACE = {"ThresholdSkipFineTune.threshold": [0.5, 1.0], "LayerFreezer.freeze_fraction": [0.3, 0.6]}
 #: For the real runs: thresholds in the metric's units (accuracy as a fraction), which an untrained digits
 #: network (val_acc about 0.18 before pruning) can reach.

@@ -18,14 +18,14 @@ import torch
 
 pytestmark = pytest.mark.ddp
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent
-SCRIPT = HERE / "ddp_scenarios.py"
+TESTS = Path(__file__).parents[1]
+ROOT = TESTS.parent
+SCRIPT = TESTS / "scripts" / "ddp_scenarios.py"
 TIMEOUT = 300  # seconds; an idle 2-core machine needs about 15
 
 
 def _env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).with_name("gradual_ddp_run.py")
+SCRIPT = Path(__file__).parents[1] / "scripts" / "gradual_ddp_run.py"
 
 
 def test_ddp_ranks_agree_after_every_epoch(tmp_path: Path) -> None:

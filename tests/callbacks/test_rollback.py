@@ -12,32 +12,25 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+import helpers
 from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning_prune import AdaptiveThresholdRollback, PruningConfigError, PruningSatellite, StructuredPruning
-from lightning_prune.schedules import below_threshold, layer_thresholds
+from lightning_prune.schedules import layer_thresholds
 from lightning_prune.structural import graph as structure
 
 ROUND_KEYS = {"round", "threshold", "lambda", "params", "macs", "metric", "acceptable", "rolled_back_to"}
 
 
-class Scripted(LitTiny):
-    """Every validation run logs the next value of a script; lr 0 keeps the weights (and L1 scores) fixed."""
+class Scripted(helpers.Scripted):
+    """A scripted metric; lr 0 keeps the weights (and L1 scores) fixed: filter i of every block's conv1 scores i."""
 
     def __init__(self, script: list[float], lr: float = 0.0) -> None:
-        super().__init__(lr=lr)
-        self.script = script
-        self.runs = 0
-        with torch.no_grad():  # the L1 score of filter i of every block's conv1 is exactly i
+        super().__init__(script, lr=lr)
+        with torch.no_grad():
             for block in (*self.model.layer1, *self.model.layer2):
                 c = block.conv1
                 c.weight.copy_(torch.arange(c.out_channels, dtype=torch.float)[:, None, None, None].expand_as(c.weight)
                                / c.weight[0].numel())
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.log("val_acc", torch.tensor(self.script[min(self.runs, len(self.script) - 1)]))
-
-    def on_validation_epoch_end(self) -> None:
-        self.runs += 1
 
 
 def script(before: float, rounds: list[float]) -> list[float]:
@@ -107,12 +100,6 @@ def assert_equal_state(a: Any, b: Any) -> None:
 
 
 # ---------------------------------------------------------------- thresholds
-def test_layer_thresholds_and_the_le_rule() -> None:
-    assert layer_thresholds(3.0, {"a": 1, "b": 2}) == {"a": 1.0, "b": 2.0}
-    assert below_threshold(torch.tensor([1.0, 2.0, 0.5, 2.0]), 1.0) == [0, 2]  # equal to the threshold goes
-    assert below_threshold(torch.tensor([1.0, 1.0]), 1.0) == [1]  # never all: the first best one stays
-
-
 def test_round_thresholds_are_T_times_layer_share_of_parameters() -> None:
     module = Scripted(script(0.9, [0.9] * 3))
     adaptive = aap(threshold_init=5.0, lambda_init=1.0, max_rounds=1)
@@ -411,7 +398,7 @@ def test_quickstart_config_meets_its_accuracy_target(tmp_path) -> None:
     from lightning_prune.cli import main
     from lightning_prune.models import digits_resnet
 
-    config = Path(__file__).parents[1] / "configs" / "aap_quickstart.yaml"
+    config = Path(__file__).parents[2] / "configs" / "aap_quickstart.yaml"
     main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"])
     report_path = next(tmp_path.rglob("report.json"))
     data = json.loads(report_path.read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: helpers
 from helpers import Crash  # noqa: E402
 
 from lightning_prune import DigitsDataModule, ImageClassifier, StructuredPruning  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: helpers
 from helpers import LitTiny, make_data, make_trainer  # noqa: E402
 
 from lightning_prune import PruningSatellite, StructuredPruning  # noqa: E402
