@@ -102,9 +102,9 @@ def main(args: list[str] | None = None) -> None:
         if argv:
             raise SystemExit(0)
         return
-    from lightning_prune._lightning import ignore_lightning_own_warnings
+    from lightning_prune._lightning import quiet_lightning
 
-    ignore_lightning_own_warnings()
+    quiet_lightning()
     try:
         if argv[0] == "tune":
             from lightning_prune.tuning.command import tune_command

@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger
 
+from lightning_prune._lightning import quiet_lightning
 from lightning_prune.callbacks.base import PruningController
 from lightning_prune.errors import PruningConfigError
 
@@ -70,10 +71,8 @@ class PruneCLI(LightningCLI):
         if "max_epochs" not in kwargs and config.get("max_epochs") is None and _has_controller(
                 config.get("callbacks")):
             kwargs["max_epochs"] = -1
-        from lightning_prune._lightning import without_litlogger_tip
-
-        with without_litlogger_tip():
-            return super().instantiate_trainer(**kwargs)
+        quiet_lightning()
+        return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """Merge the checkpoint's model hyperparameters only where LightningCLI can (see
@@ -150,7 +149,11 @@ def _last_checkpoint_or_refuse(trainer: Trainer, subcommand: str) -> str:
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_prune._lightning import earlier_run_checkpoint, last_checkpoint, last_checkpoint_dirs
+    from lightning_prune._lightning import (
+        earlier_run_checkpoint,
+        last_checkpoint,
+        last_checkpoint_dirs,
+    )
 
     path = last_checkpoint(trainer) or earlier_run_checkpoint(trainer)
     if path is not None:

@@ -156,7 +156,9 @@ def load_sparse(path: str | Path, model: nn.Module | None = None, strict: bool =
     Example:
         >>> # state = load_sparse("sparse_model.pt", model)  # model now holds the dense weights
     """
-    from lightning_prune.artifacts import load_weights_only  # imported here: keeps this module light
+    from lightning_prune.artifacts import (
+        load_weights_only,  # imported here: keeps this module light
+    )
     from lightning_prune.errors import PruningConfigError, check
     from lightning_prune.structural import snapshot
 

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
+import pytest
 import torch
 
-from lightning_prune.demos import Block, DemoModule, TinyConvNet, TinyResNet, demo_loaders, demo_trainer
+from lightning_prune.demos import (
+    Block,
+    DemoModule,
+    TinyConvNet,
+    TinyResNet,
+    demo_loaders,
+    demo_trainer,
+)
 
-__all__ = ["Block", "Crash", "KillAt", "LitTiny", "RankWitness", "Scripted", "TinyConvNet", "TinyResNet", "fit",
-           "make_data", "make_trainer"]
+__all__ = ["DATA_DIR", "Block", "Crash", "KillAt", "LitTiny", "RankWitness", "Scripted", "TinyConvNet", "TinyResNet",
+           "fit", "make_data", "make_trainer", "needs_data"]
+
+#: The real-data folder (``$LIGHTNING_PRUNE_DATA``), if set.
+DATA_DIR = os.environ.get("LIGHTNING_PRUNE_DATA")
+#: Marks a test that needs the real data; it is skipped, with the reason, without it.
+needs_data = pytest.mark.skipif(not DATA_DIR, reason="LIGHTNING_PRUNE_DATA is not set (folder with cifar10/, "
+                                                     "mnist/ and weights/)")
 
 #: The tests' names for the public demos (lightning_prune.demos).
 LitTiny = DemoModule

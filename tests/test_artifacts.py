@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import LitTiny, TinyConvNet, TinyResNet, make_data, make_trainer
 from torch import nn
 
-from helpers import LitTiny, TinyConvNet, TinyResNet, make_data, make_trainer
 from lightning_prune import load_pruned
 from lightning_prune.artifacts import check_checkpoint, save_pruned
 from lightning_prune.errors import PruningConfigError
@@ -85,6 +85,17 @@ def raises_naming(path: Path, call: Callable[[], Any], match: str | None = None)
     if match is not None:
         assert match in message, message
     return info.value
+
+
+def refused_untouched(path: Path, load: Any) -> PruningConfigError:
+    """``load(path, net)`` into a fresh net: refused naming the file, nothing unpickled, the net untouched."""
+    net = fresh()
+    before = fingerprint(net)
+    Marker.unpickled = False
+    err = raises_naming(path, lambda: load(path, net))
+    assert not Marker.unpickled
+    assert_untouched(net, before)
+    return err
 
 
 # ---------------------------------------------------------------------- files
@@ -209,12 +220,7 @@ def test_load_pruned_wrong_file(files: dict[str, Path], tmp_path: Path, kind: st
         torch.save(data, path := tmp_path / "damaged.pt")
     else:
         path = wrong_file(kind, files, tmp_path)
-    net = fresh()
-    before = fingerprint(net)
-    Marker.unpickled = False
-    err = raises_naming(path, lambda: load_pruned(path, net))
-    assert not Marker.unpickled
-    assert_untouched(net, before)
+    err = refused_untouched(path, load_pruned)
     expected = {"missing": "no file at", "empty": "empty", "truncated_half": "truncated", "truncated_tail": "truncated",
                 "corrupted": "CRC", "sparse_file": "load_sparse", "checkpoint_without_pruning": "0 StructuredPruning",
                 "custom_object": "refuses to unpickle", "plain_state_dict": "plain state_dict",
@@ -334,12 +340,7 @@ def test_load_sparse_wrong_file(files: dict[str, Path], tmp_path: Path, kind: st
         torch.save(payload, path)
     else:
         path = wrong_file(kind, files, tmp_path)
-    net = fresh()
-    before = fingerprint(net)
-    Marker.unpickled = False
-    err = raises_naming(path, lambda: load_sparse(path, net))
-    assert not Marker.unpickled
-    assert_untouched(net, before)
+    err = refused_untouched(path, load_sparse)
     expected = {"missing": "no file at", "truncated_half": "truncated", "corrupted": "CRC",
                 "pruned_artifact": "not a lightning_prune.sparse/1 file", "other_architecture": "does not fit",
                 "other_num_classes": "linear.weight is [10, 16] in the file but [4, 16]", "damaged_bits": "damaged",

@@ -24,7 +24,7 @@ import yaml
 
 import lightning_prune
 from lightning_prune import PruningConfigError, cli, lightning_cli
-from lightning_prune._lightning import LITLOGGER_TIP
+from lightning_prune._lightning import TIP_PREFIX
 from lightning_prune.cli import SUBCOMMANDS, main, make_cli
 
 # make_cli(args=...) under pytest: sys.argv holds pytest's own arguments
@@ -316,7 +316,7 @@ def test_pruning_config_gets_the_default_logger_and_open_ended_epochs_without_no
     expected = lightning_cli._default_logger(tmp_path)
     assert type(trainer.logger) is type(expected) and trainer.logger.log_dir == expected.log_dir
     assert not [w for w in caught if "tensorboardX" in str(w.message)]
-    assert not [m for m in records.messages if m.startswith(LITLOGGER_TIP)]
+    assert not [m for m in records.messages if m.startswith(TIP_PREFIX)]
     assert any(m.startswith("GPU available") for m in records.messages)  # other notices are kept
 
 

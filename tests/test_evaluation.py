@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import LitTiny, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
-from helpers import LitTiny, make_data, make_trainer
 from lightning_prune import PruningConfigError
 from lightning_prune.evaluation import measure
 

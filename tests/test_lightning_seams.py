@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +27,17 @@ from lightning.pytorch.trainer.connectors.logger_connector import logger_connect
 
 from lightning_prune import lightning_cli
 from lightning_prune._lightning import (
-    LITLOGGER_TIP,
     MEASUREMENT_LABEL,
+    TIP_FILTER,
+    TIP_PREFIX,
     end_on_should_stop,
     last_checkpoint,
     last_checkpoint_dirs,
     measurement_label,
     output_dir,
-    without_litlogger_tip,
+    quiet_lightning,
 )
+from lightning_prune._lightning.notices import RANK_ZERO_LOGGER
 
 QUIET = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
 
@@ -62,26 +66,42 @@ def rank_zero_records() -> Iterator[_Records]:
         logger.removeHandler(handler)
 
 
-# ------------------------------------------------------------------------------- litlogger tip
-def test_trainer_logs_the_litlogger_tip_through_the_rank_zero_logger(rank_zero_records: _Records) -> None:
+# ------------------------------------------------------------------------------- Lightning's tips
+@pytest.fixture()
+def tips_shown() -> Iterator[None]:
+    """Lightning's tips as Lightning logs them, without this library's filter (loaded with the callbacks)."""
+    logger = logging.getLogger(RANK_ZERO_LOGGER)
+    had = TIP_FILTER in logger.filters
+    logger.removeFilter(TIP_FILTER)
+    try:
+        yield
+    finally:
+        if had:
+            logger.addFilter(TIP_FILTER)
+
+
+def test_trainer_logs_its_tips_through_the_rank_zero_logger(tips_shown: None, rank_zero_records: _Records) -> None:
     Trainer(logger=False, enable_checkpointing=False, **QUIET)
-    tips = [r for r in rank_zero_records.records if r.getMessage().startswith(LITLOGGER_TIP)]
+    tips = [r for r in rank_zero_records.records if r.getMessage().startswith(TIP_PREFIX)]
     assert len(tips) == 1
-    assert tips[0].name == "lightning.pytorch.utilities.rank_zero" and tips[0].levelno == logging.INFO
+    assert tips[0].name == RANK_ZERO_LOGGER and tips[0].levelno == logging.INFO
     assert "litlogger" in tips[0].getMessage()
 
 
-def test_without_litlogger_tip_drops_only_the_tip(rank_zero_records: _Records) -> None:
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    filters_before = list(logger.filters)
-    with without_litlogger_tip():
-        Trainer(logger=False, enable_checkpointing=False, **QUIET)
-    messages = rank_zero_records.messages()
-    assert not any(m.startswith(LITLOGGER_TIP) for m in messages)
-    assert any(m.startswith("GPU available") for m in messages)  # Lightning's other notices still show
-    assert logger.filters == filters_before  # the filter is gone after the block
+def test_quiet_lightning_drops_only_the_tips(tips_shown: None, rank_zero_records: _Records) -> None:
+    quiet_lightning()
+    quiet_lightning()  # idempotent
+    assert logging.getLogger(RANK_ZERO_LOGGER).filters.count(TIP_FILTER) == 1
     Trainer(logger=False, enable_checkpointing=False, **QUIET)
-    assert any(m.startswith(LITLOGGER_TIP) for m in rank_zero_records.messages())
+    messages = rank_zero_records.messages()
+    assert not any(m.startswith(TIP_PREFIX) for m in messages)
+    assert any(m.startswith("GPU available") for m in messages)  # Lightning's other notices still show
+
+
+def test_importing_the_callbacks_quiets_lightning() -> None:
+    code = ("import logging, lightning_prune.callbacks.base\n"
+            f"assert lightning_prune._lightning.TIP_FILTER in logging.getLogger({RANK_ZERO_LOGGER!r}).filters")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
 
 
 # ------------------------------------------------------------------------------- default logger
@@ -289,7 +309,6 @@ def test_max_epochs_is_checked_before_should_stop(tmp_path: Path) -> None:
 
 def test_early_stopping_and_timer_say_why_they_stopped() -> None:
     from lightning.pytorch.callbacks import EarlyStopping, Timer
-
     from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
     assert EarlyStopping(monitor="x").stopping_reason is EarlyStoppingReason.NOT_STOPPED
@@ -334,7 +353,7 @@ def test_the_checkpoint_file_is_read_after_setup_and_before_anything_is_restored
 
 
 def test_lightning_itself_warns_about_leafspec_on_this_torch() -> None:
-    """``ignore_lightning_own_warnings`` silences this; when a Lightning release stops it, drop the filter."""
+    """``quiet_lightning`` silences this; when a Lightning release stops it, drop the filter."""
     from lightning.pytorch.utilities._pytree import _tree_flatten
 
     from lightning_prune._lightning import LIGHTNING_OWN_WARNINGS

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from lightning_prune.state import GradualPhase, GradualReport, Patience, PruningReport, StepRecord, StructuredPhase
+from lightning_prune.state import (
+    GradualPhase,
+    GradualReport,
+    Patience,
+    PruningReport,
+    StepRecord,
+    StructuredPhase,
+)
 
 
 def test_phases_are_strings_and_round_trip_by_value() -> None:

@@ -9,7 +9,7 @@ a test instead of silently changing what this library does. By subject:
 * :mod:`.loop`: measurements inside ``fit``, the epoch bound, why a fit ended;
 * :mod:`.checkpoint`: the checkpoint ``ckpt_path="last"`` means, checks before a resume, structure
   replayed before weights are loaded;
-* :mod:`.notices`: Lightning's own notices the CLI silences.
+* :mod:`.notices`: Lightning's notices that are not about the run (its tips, its own deprecations).
 
 The CLI imports this package only when a subcommand runs (its ``--help`` does not import Lightning).
 """
@@ -37,9 +37,9 @@ from lightning_prune._lightning.loop import (
 )
 from lightning_prune._lightning.notices import (
     LIGHTNING_OWN_WARNINGS,
-    LITLOGGER_TIP,
-    ignore_lightning_own_warnings,
-    without_litlogger_tip,
+    TIP_FILTER,
+    TIP_PREFIX,
+    quiet_lightning,
 )
 from lightning_prune._lightning.optim import (
     OPTIMIZERS,
@@ -48,14 +48,19 @@ from lightning_prune._lightning.optim import (
     rebuild_optimizers,
     replace_optimizers,
 )
-from lightning_prune._lightning.strategy import check_strategy, check_trains, output_dir, rewrap_and_rebuild
+from lightning_prune._lightning.strategy import (
+    check_strategy,
+    check_trains,
+    output_dir,
+    rewrap_and_rebuild,
+)
 
 __all__ = [
-    "LIGHTNING_OWN_WARNINGS", "LITLOGGER_TIP", "MEASUREMENT_LABEL", "OPTIMIZERS", "allow_resume_past",
+    "LIGHTNING_OWN_WARNINGS", "MEASUREMENT_LABEL", "OPTIMIZERS", "allow_resume_past",
     "check_checkpoint_fits", "check_strategy", "check_trains", "cli_can_merge_checkpoint_hparams",
-    "earlier_run_checkpoint", "end_on_should_stop", "guard_checkpoint_loading", "ignore_lightning_own_warnings",
+    "earlier_run_checkpoint", "end_on_should_stop", "guard_checkpoint_loading",
     "keep_running", "last_checkpoint", "last_checkpoint_dirs", "measurement_label", "no_training_batches",
     "optimizer_class", "optimizer_spec", "output_dir", "rebuild_optimizers", "replace_optimizers",
     "replay_before_weights", "rewrap_and_rebuild", "run_validation_as_measurement", "set_epoch_bound",
-    "stop_reason", "unguard_checkpoint_loading", "without_litlogger_tip",
+    "quiet_lightning", "stop_reason", "TIP_FILTER", "TIP_PREFIX", "unguard_checkpoint_loading",
 ]

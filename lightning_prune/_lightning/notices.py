@@ -1,56 +1,51 @@
-"""Lightning's notices the CLI silences, each named and pinned by a test."""
+"""Lightning's notices that are not about the user's run, silenced when this library's callbacks load.
+
+Two kinds, each pinned by a test in ``tests/test_lightning_seams.py`` (so a Lightning release that
+drops them shows up, and the filter can go):
+
+* the "💡 Tip: ..." lines that advertise Lightning's cloud services (``litlogger``, ``litmodels``):
+  Lightning behaviour relied on (``lightning.pytorch`` 2.6): ``Trainer.__init__`` logs them with
+  ``rank_zero_info`` through the ``logging`` logger ``lightning.pytorch.utilities.rank_zero``; a
+  filter on that logger drops the records whose message starts with :data:`TIP_PREFIX` and nothing
+  else (the device summary, seeds and every warning still show);
+* :data:`LIGHTNING_OWN_WARNINGS`: warnings Lightning's own code triggers on this torch (nothing a user
+  can act on): ``_pytree._tree_flatten`` builds ``torch.utils._pytree.LeafSpec`` objects, which torch
+  reports as deprecated on every fit.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import logging
+import warnings
 
-
-#: The start of the notice Lightning logs when a Trainer has no ``LitLogger``.
-LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
-
-
-@contextlib.contextmanager
-def without_litlogger_tip() -> Iterator[None]:
-    """Drop Lightning's "💡 Tip: For seamless cloud logging ... litlogger" line while the block runs.
-
-    Lightning behaviour relied on (``lightning.pytorch`` 2.6): ``Trainer.__init__`` calls
-    ``_LoggerConnector.configure_logger``, which logs that tip with ``rank_zero_info`` whenever none of
-    the Trainer's loggers is a ``LitLogger`` (even with ``logger=False``). ``rank_zero_info`` logs at
-    INFO through the ``logging`` logger ``lightning.pytorch.utilities.rank_zero``. A filter on that
-    logger removes only records whose message starts with :data:`LITLOGGER_TIP`; every other message
-    (device summary, seeds, ...) still shows, and the filter is removed when the block ends.
-
-    Example:
-        >>> with without_litlogger_tip():
-        ...     pass  # build the Trainer here
-    """
-    import logging
-
-    class _DropTip(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not record.getMessage().startswith(LITLOGGER_TIP)
-
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    drop = _DropTip()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-#: Warnings Lightning itself triggers (not our calls, nothing a user can act on), silenced by the CLI.
+#: How Lightning's advertising lines start.
+TIP_PREFIX = "💡 Tip:"
+#: The logger Lightning's ``rank_zero_info`` writes to.
+RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+#: Warnings Lightning itself triggers (not this library's calls).
 LIGHTNING_OWN_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
 
 
-def ignore_lightning_own_warnings() -> None:
-    """Silence :data:`LIGHTNING_OWN_WARNINGS` for the rest of the process (the CLI calls it).
+class DropTips(logging.Filter):
+    """Drops Lightning's "💡 Tip: ..." records; lets every other record through.
 
-    Lightning behaviour relied on (``lightning.pytorch`` 2.6 on torch 2.15): ``_pytree._tree_flatten``
-    builds ``torch.utils._pytree.LeafSpec`` objects, which torch reports as deprecated on every fit.
+    Example:
+        >>> tip = logging.LogRecord("x", logging.INFO, "", 0, "💡 Tip: try our cloud", None, None)
+        >>> DropTips().filter(tip), DropTips().filter(logging.LogRecord("x", 20, "", 0, "GPU available", None, None))
+        (False, True)
     """
-    import warnings
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TIP_PREFIX)
+
+
+TIP_FILTER = DropTips()
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's tips and :data:`LIGHTNING_OWN_WARNINGS` for the process (idempotent)."""
+    logger = logging.getLogger(RANK_ZERO_LOGGER)
+    if TIP_FILTER not in logger.filters:
+        logger.addFilter(TIP_FILTER)
     for message in LIGHTNING_OWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message)

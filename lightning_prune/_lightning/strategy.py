@@ -14,10 +14,11 @@ from lightning.pytorch.strategies import (
     SingleDeviceXLAStrategy,
     XLAStrategy,
 )
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.strategies.launchers.multiprocessing import (
+    _MultiProcessingLauncher,
+)
 
 from lightning_prune.errors import PruningConfigError
-
 
 #: Strategies that shard or otherwise own the parameters: surgery cannot work on them. Checked by
 #: what the strategy is, before the families allowed below (DeepSpeed and XLA subclass DDPStrategy,

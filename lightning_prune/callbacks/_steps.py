@@ -12,8 +12,8 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,11 +22,21 @@ from torch import nn
 
 from lightning_prune import _lightning, artifacts
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import PruningController, Request, RewindWeights, TrialStep
+from lightning_prune.callbacks.base import (
+    PruningController,
+    Request,
+    RewindWeights,
+    TrialStep,
+)
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.importance import ChannelImportance, calibrate
-from lightning_prune.schedules import BlockwisePlanner, PruningPlanner, UniformPlanner, channels_to_keep
+from lightning_prune.schedules import (
+    BlockwisePlanner,
+    PruningPlanner,
+    UniformPlanner,
+    channels_to_keep,
+)
 from lightning_prune.state import PruningReport, StepRecord, StructuredPhase
 from lightning_prune.structural import graph as structure
 from lightning_prune.structural import snapshot as snapshots
@@ -208,11 +218,11 @@ class StepExecution(PruningController):
         return prunable_layers(pl_module, example, self.ignored_layers, self.prune_head, self.prune_coupled)
 
     def _scores(self, trainer: pl.Trainer, pl_module: pl.LightningModule, layers: dict[str, Any],
-                names: list[str]) -> dict[str, torch.Tensor]:
+                names: list[str], calibration_batches: int | None = None) -> dict[str, torch.Tensor]:
         batches = None
         if self.importance.requires_data and trainer.train_dataloader is not None:
-            loader = trainer.train_dataloader
-            batches = (batch_input(b).to(pl_module.device) for _, b in zip(range(self.calibration_batches), loader))
+            loader, count = trainer.train_dataloader, calibration_batches or self.calibration_batches
+            batches = (batch_input(b).to(pl_module.device) for _, b in zip(range(count), loader))
         return score_layers(self.importance, pl_module, layers, names, batches)
 
     def _apply_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> list[str]:
@@ -246,7 +256,7 @@ class StepExecution(PruningController):
         record.seconds_eval = time.perf_counter() - started
         self.report.steps.append(record)
         self._next_step += 1
-        metrics = {"prune/step": float(record.step), "prune/params": float(record.params),
+        metrics = {"prune/step": float(record.step + 1), "prune/params": float(record.params),
                    "prune/macs": float(record.macs), "prune/channels_removed": float(record.channels_removed),
                    "prune/metric_after_prune": float(record.metric_after_prune or 0.0)}
         if trainer.is_global_zero:
@@ -265,10 +275,13 @@ class StepExecution(PruningController):
                f"round_to={self.round_to} every prunable layer keeps all its channels (largest has "
                f"{max(layer.channels for layer in layers.values())})",
                "lower round_to below the layers' channel counts, or raise pruning_ratio")
-        if not self.importance.requires_data:  # a custom criterion's mistakes surface before any training
-            state = self.importance.state_dict()
-            self._scores(trainer, pl_module, layers, list(layers))
-            self.importance.load_state_dict(state)
+        # a criterion's mistakes surface before any training: score every layer once (one calibration
+        # batch for a data-driven criterion), then forget it, random number generators included
+        state = self.importance.state_dict()
+        with torch.random.fork_rng(devices=[]):
+            self._scores(trainer, pl_module, layers, list(layers), calibration_batches=1)
+        self.importance.reset()
+        self.importance.load_state_dict(state)
         self.planner.setup(list(layers.values()))
         self._planner_ready = True
         self.report.extra["plan"] = {"layers": list(layers), "untraced": untraced, "unchanged_by_round_to": inert}

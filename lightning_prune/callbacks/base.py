@@ -16,6 +16,9 @@ callback order, through three kinds of methods:
 
 Queries a satellite may use at any time: the controller's ``monitor``, ``mode``, ``report`` (read
 only), ``measure``, ``last_validation``, ``snapshot`` and ``example_input``.
+
+Importing the callbacks silences Lightning's "💡 Tip" advertisements and a deprecation warning
+Lightning's own code triggers (:mod:`lightning_prune._lightning.notices`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from lightning_prune.state import StepRecord
 
 Controller = TypeVar("Controller", bound="PruningController")
+_lightning.quiet_lightning()
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,7 @@ class PruningController(Callback, abc.ABC):
         self._measuring = False
         self._out: Path | None = None  # resolved on every rank in setup (trainer.log_dir is a collective)
         self._clock_start: float | None = None
+        self._resumed_epoch: int | None = None  # the epoch of the checkpoint a fit resumes from
 
     @classmethod
     def find(cls: type[Controller], trainer: pl.Trainer, owner: object, required: bool = True) -> Controller | None:
@@ -249,10 +254,18 @@ class PruningController(Callback, abc.ABC):
 
     def _check_resumed(self, trainer: pl.Trainer, path: Path, checkpoint: dict[str, Any],
                        pl_module: pl.LightningModule) -> None:
-        """Before anything is restored: the same arguments for every callback, and a checkpoint of this model."""
+        """Before anything is restored: the same callbacks with the same arguments, and a checkpoint of this model."""
         check_resumed_arguments(trainer, checkpoint)
         _lightning.check_checkpoint_fits(path, checkpoint.get("state_dict", {}), pl_module,
                                          replays=self._replays(checkpoint))
+        epoch = checkpoint.get("epoch")
+        self._resumed_epoch = epoch if isinstance(epoch, int) else None
+
+    def _allow_resume(self, trainer: pl.Trainer) -> None:
+        """In ``on_fit_start``: the plan, not the Trainer's ``max_epochs``, decides when a resumed fit ends
+        (Lightning would end it at once when ``max_epochs`` is below the checkpoint's epoch)."""
+        if self._resumed_epoch is not None:
+            _lightning.allow_resume_past(trainer, self._resumed_epoch + 1)
 
     def _replays(self, checkpoint: dict[str, Any]) -> bool:
         """Whether the checkpoint's state holds a structure to replay (shapes may then differ)."""
@@ -350,13 +363,21 @@ def check_resumed_arguments(trainer: pl.Trainer, checkpoint: Mapping[str, Any]) 
     """Before Lightning restores anything: every callback of this library resumes with its own arguments.
 
     Callbacks that record their arguments (a ``_hparams()`` method, saved as ``"hparams"`` in their
-    state) are compared with the checkpoint's state under their ``state_key``.
+    state) are compared with the checkpoint's state under their ``state_key``; one that is missing now,
+    or was not in the run that wrote the checkpoint, is refused too.
     """
     states = checkpoint.get("callbacks", {})
-    for callback in trainer.callbacks:
-        state = states.get(callback.state_key) if hasattr(callback, "_hparams") else None
-        if isinstance(state, Mapping):
-            check_resume_hparams(callback, state.get("hparams"), callback._hparams())
+    ours = {cb.state_key: cb for cb in trainer.callbacks if hasattr(cb, "_hparams")}
+    written = {str(key) for key, state in states.items() if isinstance(state, Mapping) and "hparams" in state}
+    if written != set(ours):
+        missing, added = sorted(written - set(ours)), sorted(set(ours) - written)
+        raise PruningConfigError(
+            "the callbacks differ from those of the run that wrote the checkpoint: "
+            + "; ".join([f"{name} is missing" for name in missing] + [f"{name} was added" for name in added]),
+            hint="resume with the same pruning callbacks the run was started with, or start a new run without ckpt_path",
+        )
+    for key, callback in ours.items():
+        check_resume_hparams(callback, states[key].get("hparams"), callback._hparams())
 
 
 def check_single(trainer: pl.Trainer, owner: object) -> None:

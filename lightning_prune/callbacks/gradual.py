@@ -253,7 +253,7 @@ class GradualMagnitudePruning(PruningController):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._params = self._prunable(pl_module)
         self._clock_start = time.perf_counter()
-        _lightning.allow_resume_past(trainer, sum(self.report.epochs.values()))
+        self._allow_resume(trainer)
         if self._masks:  # resumed: masks back on the device, before Lightning restores optimizer state
             self._masks = {n: m.to(self._params[n].device) for n, m in self._masks.items() if n in self._params}
             M.apply_masks(self._params, self._masks)
@@ -399,6 +399,11 @@ class GradualMagnitudePruning(PruningController):
             self.report.metric_before = self._last_val[1]
         else:
             self.report.metric_before = self.measure(trainer)
+        before = self.report.metric_before
+        _check(not (self.mode == "max" and self.min_delta > 0 and 0 <= before <= self.min_delta),
+               f"min_delta={self.min_delta:g} can never be reached: {self.monitor} measured {before:.4g} before "
+               "pruning, so no improvement would ever count", "min_delta is in the metric's units: use e.g. 0.001 "
+               "for a tenth of a point of an accuracy logged as a fraction, or 0")
         info(f"[lightning_prune] {self.monitor} before pruning: {self.report.metric_before:.4f}; "
              f"{len(self._params)} tensors, {sum(p.numel() for p in self._params.values()):,} prunable weights")
         self._dispatch("on_pruning_start", trainer, pl_module)

@@ -9,7 +9,12 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
-from lightning_prune.callbacks.base import PruningController, PruningSatellite, check_resume_hparams, check_single
+from lightning_prune.callbacks.base import (
+    PruningController,
+    PruningSatellite,
+    check_resume_hparams,
+    check_single,
+)
 from lightning_prune.callbacks.structured import StructuredPruning
 from lightning_prune.errors import check as _check
 from lightning_prune.schedules import pruning_aware_lr

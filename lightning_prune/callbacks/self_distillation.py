@@ -13,7 +13,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_prune._logging import info
-from lightning_prune.callbacks.base import PruningController, PruningSatellite, check_resume_hparams, check_single
+from lightning_prune.callbacks.base import (
+    PruningController,
+    PruningSatellite,
+    check_resume_hparams,
+    check_single,
+)
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.losses import dg2pf_loss, distillation_kl

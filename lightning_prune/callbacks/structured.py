@@ -12,7 +12,11 @@ from typing_extensions import override
 
 from lightning_prune import _lightning, artifacts
 from lightning_prune._logging import info
-from lightning_prune.callbacks._steps import PRUNED_MODEL, PRUNED_MODEL_INCOMPLETE, StepExecution
+from lightning_prune.callbacks._steps import (
+    PRUNED_MODEL,
+    PRUNED_MODEL_INCOMPLETE,
+    StepExecution,
+)
 from lightning_prune.callbacks.base import check_resume_hparams
 from lightning_prune.errors import check as _check
 from lightning_prune.importance import ChannelImportance, get_importance
@@ -233,6 +237,10 @@ class StructuredPruning(StepExecution):
             self._undo_replay = None
 
     @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._allow_resume(trainer)
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._planner_ready:
             self._prepare(trainer, pl_module)
@@ -398,15 +406,19 @@ class StructuredPruning(StepExecution):
 
     def _stopped_short(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
         """Close what can be closed and mark the report incomplete, with the reason."""
+        if self._trial is not None:  # a trial step is undone, as it would have been at its end
+            self.restore(trainer, pl_module, self._trial["snapshot"])
+            self._trial = None
+            self._phase = Phase.PRUNING
         if self.report.metric_before is not None:
             self._close_pending(trainer, trainer.current_epoch, measure_if_stale=False, notify=False)
-            if self._phase in (Phase.PRUNING, Phase.TRIAL):
+            if self._phase is Phase.PRUNING:
                 self._dispatch("on_pruning_end", trainer, pl_module)
-        if self._last_val is not None:
-            metric: float | None = self._last_val[1]
-        elif self.report.steps:  # a satellite restored a model whose steps carry its metric
-            metric = self.report.steps[-1].metric_after_finetune
-        else:
+        metric = self._last_val[1] if self._last_val is not None else None  # reset at every structural change
+        if metric is None and self.report.steps:  # the model is the last step's (or a round a satellite restored)
+            last = self.report.steps[-1]
+            metric = last.metric_after_finetune if last.metric_after_finetune is not None else last.metric_after_prune
+        if metric is None:
             metric = self.report.metric_before  # the unpruned model (None if never measured)
         if self.report.metric_before is None:  # stopped before pruning started: the model is unpruned
             self.report.params_before = structure.count_params(pl_module)

@@ -16,15 +16,19 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lightning_prune._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
     from lightning_prune.data._common import DATA_DIR_ENV
     from lightning_prune.data.base import SplitDataModule
     from lightning_prune.data.cifar import CIFAR10DataModule
     from lightning_prune.data.digits import DigitsDataModule
-    from lightning_prune.data.image_folder import ImageFolderDataModule, ImageSampleDataset
+    from lightning_prune.data.image_folder import (
+        ImageFolderDataModule,
+        ImageSampleDataset,
+    )
     from lightning_prune.data.mnist import MNISTDataModule
     from lightning_prune.data.sampler import EpochSeededSampler
     from lightning_prune.data.tensor_dataset import RandomCropFlip, TensorImageDataset
@@ -57,21 +61,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name (or a submodule, e.g. ``data.digits``) on first access."""
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    if not name.startswith("__"):
-        try:
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS, __all__)

@@ -8,7 +8,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_prune.data._common import carve, check_fraction, seeded_generator, split_count
+from lightning_prune.data._common import (
+    carve,
+    check_fraction,
+    seeded_generator,
+    split_count,
+)
 from lightning_prune.data.base import SplitDataModule
 from lightning_prune.data.tensor_dataset import RandomCropFlip, TensorImageDataset
 

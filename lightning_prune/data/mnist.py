@@ -11,7 +11,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_prune.data._common import MNIST_MEAN, MNIST_STD, first_line, load_npz, resolve_data_dir
+from lightning_prune.data._common import (
+    MNIST_MEAN,
+    MNIST_STD,
+    first_line,
+    load_npz,
+    resolve_data_dir,
+)
 from lightning_prune.data.base import SplitDataModule
 from lightning_prune.data.tensor_dataset import RandomCropFlip, TensorImageDataset
 from lightning_prune.errors import PruningConfigError

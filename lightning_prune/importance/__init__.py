@@ -11,7 +11,11 @@ Example:
     torch.float32
 """
 
-from lightning_prune.importance.base import ActivationImportance, ChannelImportance, output_channels
+from lightning_prune.importance.base import (
+    ActivationImportance,
+    ChannelImportance,
+    output_channels,
+)
 from lightning_prune.importance.calibration import calibrate
 from lightning_prune.importance.criteria import (
     AttentionImportance,
@@ -22,7 +26,11 @@ from lightning_prune.importance.criteria import (
     RandomImportance,
     filter_weights,
 )
-from lightning_prune.importance.registry import IMPORTANCES, get_importance, register_importance
+from lightning_prune.importance.registry import (
+    IMPORTANCES,
+    get_importance,
+    register_importance,
+)
 
 __all__ = [
     "IMPORTANCES",

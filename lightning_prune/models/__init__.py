@@ -14,11 +14,11 @@ from lightning_prune.models.cifar_resnet import (
     digits_resnet,
 )
 from lightning_prune.models.registry import create_model, list_models
-from lightning_prune.models.weights import load_state_dict_file
 from lightning_prune.models.torchvision_models import (
     torchvision_classification_models,
     torchvision_model,
 )
+from lightning_prune.models.weights import load_state_dict_file
 
 __all__ = [
     "BasicBlock",

@@ -7,7 +7,7 @@ so those weights load strictly.
 
 from __future__ import annotations
 
-import torch
+import torch  # noqa: F401 - the docstring examples use it
 import torch.nn.functional as F
 from torch import Tensor, nn
 

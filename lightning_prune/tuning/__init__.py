@@ -11,8 +11,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lightning_prune._lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
     from lightning_prune.tuning.objectives import (
@@ -27,9 +28,9 @@ if TYPE_CHECKING:  # the names __getattr__ provides, for type checkers and IDEs
         pareto_objectives,
     )
     from lightning_prune.tuning.pipeline import Outcome, TrialFailed
+    from lightning_prune.tuning.settings import TuneResult, TuneSettings
     from lightning_prune.tuning.space import ICE_CIFAR_GRID, Param, SearchSpace
     from lightning_prune.tuning.study import SAMPLERS
-    from lightning_prune.tuning.settings import TuneResult, TuneSettings
     from lightning_prune.tuning.tuner import tune
 
 #: Public name -> the module that defines it.
@@ -76,21 +77,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name (or a submodule, e.g. ``tuning.pipeline``) on first access."""
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    if not name.startswith("__"):
-        try:
-            return importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS, __all__)

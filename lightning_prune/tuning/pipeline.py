@@ -48,6 +48,7 @@ class Outcome:
     macs_before: int = 0
     macs_after: int = 0
     report: str | None = None
+    mode: str = "max"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (stored as the trial's user attributes)."""
@@ -132,4 +133,4 @@ def run_pipeline(config_path: Path) -> Outcome:
     return Outcome(seconds=float(totals["seconds_total"]), drop=float(drop), metric_before=float(before),
                    metric_after=float(after), params_before=int(totals["params_before"]),
                    params_after=int(totals["params_after"]), macs_before=int(totals["macs_before"]),
-                   macs_after=int(totals["macs_after"]), report=str(report) if report else None)
+                   macs_after=int(totals["macs_after"]), report=str(report) if report else None, mode=controller.mode)

@@ -26,7 +26,13 @@ from lightning_prune.tuning import pipeline
 from lightning_prune.tuning import storage as storages
 from lightning_prune.tuning import study as studies
 from lightning_prune.tuning.objectives import Point, choose_from_front, objective_value
-from lightning_prune.tuning.settings import DEFAULT_TRIALS, TuneResult, TuneSettings, outcome_text, params_text
+from lightning_prune.tuning.settings import (
+    DEFAULT_TRIALS,
+    TuneResult,
+    TuneSettings,
+    outcome_text,
+    params_text,
+)
 from lightning_prune.tuning.space import SearchSpace
 
 #: Run the garbage collector after every trial (frees each run's model, optimizer and loaders).
@@ -176,6 +182,12 @@ class _Objective:
             raise
         for key, value in outcome.to_dict().items():
             trial.set_user_attr(key, value)
+        if outcome.mode == "max" and 0 <= outcome.metric_before <= self.opts.max_drop:
+            raise PruningConfigError(
+                f"max_drop={self.opts.max_drop:g} allows any drop: the monitored metric measured "
+                f"{outcome.metric_before:.4g} before pruning in trial #{trial.number}",
+                hint="max_drop is in the metric's units: use max_drop=0.01 for one point of an accuracy logged as a "
+                     "fraction (1.0 for one point of an accuracy logged in percent)")
         return objective_value(self.opts.objective, outcome.seconds, outcome.drop, self.opts.max_drop,
                                self.opts.points_per_unit)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +31,17 @@ def _env() -> dict[str, str]:
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` in a session of its own, so that a hang kills both ranks (not only rank zero)."""
+    process = subprocess.Popen(args, env=_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
-        done = subprocess.run(args, env=_env(), cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as err:
-        pytest.fail(f"the DDP run did not finish in {TIMEOUT} s (a rank hangs?): {str(err.stderr)[-2000:]}")
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
+        out, err = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"the DDP run did not finish in {TIMEOUT} s (a rank hangs?): {err[-2000:]}")
+    assert process.returncode == 0, err[-4000:]
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
 def _ranks(out: Path) -> list[dict]:
@@ -102,6 +108,15 @@ def test_aap_rolls_back_identically(tmp_path: Path) -> None:
     assert rolled and any(r["params"] < rounds[0]["params"] for r in rolled)  # a pruned round was undone
 
 
+def test_aap_stopped_short_restores_its_best_round_identically(tmp_path: Path) -> None:
+    ranks = _scenario("aap_stopped", tmp_path)
+    report = ranks[0]["report"]
+    assert report["totals"]["completed"] is False and "max_steps" in report["totals"]["stop_reason"]
+    rounds = report["extra"]["rounds"]
+    assert any(r["rolled_back_to"] is not None for r in rounds)
+    assert report["totals"]["params_after"] == rounds[report["extra"]["aap"]["final_round"]]["params"]
+
+
 def test_gradual_with_simulated_pruning_and_distillation(tmp_path: Path) -> None:
     ranks = _scenario("gradual", tmp_path)
     assert (tmp_path / "sparse_model.pt").is_file()
@@ -117,7 +132,7 @@ def test_gradual_with_simulated_pruning_and_distillation(tmp_path: Path) -> None
 @pytest.mark.parametrize(("config", "artifact"), [("quickstart.yaml", "pruned_model.pt"),
                                                   ("dg2pf_quickstart.yaml", "sparse_model.pt")])
 def test_cli_fit_under_ddp(tmp_path: Path, config: str, artifact: str) -> None:
-    _run([sys.executable, "-m", "lightning_prune.cli", "fit", "--config", str(ROOT / "configs" / config),
+    _run([str(Path(sys.executable).with_name("lightning-prune")), "fit", "--config", str(ROOT / "configs" / config),
           "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
           "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=helpers.RankWitness",
           f"--trainer.callbacks.out={tmp_path}"], cwd=tmp_path)

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import LitTiny, TinyResNet, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback
 
-from helpers import LitTiny, TinyResNet, make_data, make_trainer
 from lightning_prune import PruningConfigError, StructuredPruning
-from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
+from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 from lightning_prune.sparse import load_sparse
 from lightning_prune.structural import masks as M
@@ -302,3 +302,12 @@ def test_dg2pf_configs_build(name: str) -> None:
                    args=["--config", str(CONFIGS / f"{name}.yaml"), "--trainer.logger=false"])
     kinds = {type(cb) for cb in cli.trainer.callbacks}
     assert {GradualMagnitudePruning, SimulatedPruning, SelfDistillation} <= kinds
+
+
+def test_a_min_delta_the_metric_cannot_reach_is_refused_when_pruning_starts() -> None:
+    module = LitTiny()
+    shapes = {n: p.shape for n, p in module.named_parameters()}
+    with pytest.raises(PruningConfigError, match=r"min_delta=1 can never be reached: val_acc measured") as info:
+        fit(module, GradualMagnitudePruning(sparsity=0.5, pruning_epochs=2, min_delta=1.0))
+    assert "HINT:" in str(info.value)
+    assert {n: p.shape for n, p in module.named_parameters()} == shapes

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning_prune import PruningConfigError
-from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
+from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 
 # epoch: 0 pretrain | 1, 2 prune (2: baseline 0.6) | 3 +, 4 - (switch) | 5 + over 0.65, 6 - (stop)

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import LitTiny, fit, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
-from helpers import LitTiny, fit, make_data, make_trainer
 from lightning_prune import (
     LayerFreezer,
     PruningConfigError,

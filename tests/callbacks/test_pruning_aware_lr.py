@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import LitTiny, fit
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from helpers import LitTiny, fit
 from lightning_prune import (
     PruningAwareLR,
     PruningConfigError,

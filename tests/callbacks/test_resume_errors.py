@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import Crash, LitTiny, TinyConvNet, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from helpers import Crash, LitTiny, TinyConvNet, make_data, make_trainer
 from lightning_prune import (
     GradualMagnitudePruning,
     PruningConfigError,
+    SimulatedPruning,
     StructuredPruning,
     ThresholdSkipFineTune,
 )
@@ -44,6 +45,16 @@ def _assert_untouched(module: torch.nn.Module, before: dict[str, torch.Tensor]) 
     assert all(after[k].shape == before[k].shape and torch.equal(after[k], before[k]) for k in before)
 
 
+def _refused_untouched(out: Path, callbacks: list[Callback], checkpoint: Path) -> str:
+    """Resume a fresh module from ``checkpoint``: refused with a PruningConfigError, the module untouched."""
+    fresh = LitTiny()
+    before = _snapshot(fresh)
+    with pytest.raises(PruningConfigError) as info:
+        _fit(out, callbacks, fresh, ckpt_path=str(checkpoint))
+    _assert_untouched(fresh, before)
+    return str(info.value)
+
+
 def _structured(**kwargs: Any) -> StructuredPruning:
     return StructuredPruning(**{"pruning_ratio": 0.5, "pretrain_epochs": 1, **kwargs})
 
@@ -59,6 +70,13 @@ CHANGES = [
     ("gradual", lambda: [GradualMagnitudePruning(sparsity=0.5, pruning_epochs=3)],
      lambda: [GradualMagnitudePruning(sparsity=0.7, pruning_epochs=3)],
      ["GradualMagnitudePruning", "sparsity=0.7", "sparsity=0.5"]),
+    ("simulated", lambda: [GradualMagnitudePruning(sparsity=0.5, pruning_epochs=3), SimulatedPruning(0.1)],
+     lambda: [GradualMagnitudePruning(sparsity=0.5, pruning_epochs=3), SimulatedPruning(0.5)],
+     ["SimulatedPruning", "sparsity=0.5", "sparsity=0.1"]),
+    ("satellite-added", lambda: [_structured()], lambda: [_structured(), ThresholdSkipFineTune(threshold=0.02)],
+     ["the callbacks differ", "ThresholdSkipFineTune was added"]),
+    ("satellite-missing", lambda: [_structured(), ThresholdSkipFineTune(threshold=0.02)], lambda: [_structured()],
+     ["the callbacks differ", "ThresholdSkipFineTune is missing"]),
 ]
 
 
@@ -66,14 +84,9 @@ CHANGES = [
 def test_resume_with_a_changed_argument_names_it(tmp_path: Path, case: str, first: Any, second: Any,
                                                  words: list[str]) -> None:
     checkpoint = _crashed(tmp_path, first())
-    fresh = LitTiny()
-    before = _snapshot(fresh)
-    with pytest.raises(PruningConfigError) as info:
-        _fit(tmp_path / "resumed", second(), fresh, ckpt_path=str(checkpoint))
-    message = str(info.value)
+    message = _refused_untouched(tmp_path / "resumed", second(), checkpoint)
     assert all(word in message for word in words), message
     assert "HINT:" in message
-    _assert_untouched(fresh, before)
 
 
 def test_resume_with_the_same_arguments_still_works(tmp_path: Path) -> None:
@@ -92,12 +105,8 @@ def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path: Path, damage:
         bad.write_bytes(data[: len(data) // 2])
     elif damage == "not-a-checkpoint":
         bad.write_text("not a checkpoint")
-    fresh = LitTiny()
-    before = _snapshot(fresh)
-    with pytest.raises(PruningConfigError) as info:
-        _fit(tmp_path / "resumed", [_structured()], fresh, ckpt_path=str(bad))
-    assert str(bad) in str(info.value) and "HINT:" in str(info.value)
-    _assert_untouched(fresh, before)
+    message = _refused_untouched(tmp_path / "resumed", [_structured()], bad)
+    assert str(bad) in message and "HINT:" in message
 
 
 @pytest.mark.parametrize("controller", ["structured", "gradual"])
@@ -105,9 +114,5 @@ def test_resume_from_a_foreign_checkpoint_names_the_file(tmp_path: Path, control
     make = (lambda: _structured()) if controller == "structured" else (
         lambda: GradualMagnitudePruning(sparsity=0.5, pruning_epochs=3))
     checkpoint = _crashed(tmp_path, [make()], LitTiny(TinyConvNet()))  # another architecture
-    fresh = LitTiny()
-    before = _snapshot(fresh)
-    with pytest.raises(PruningConfigError) as info:
-        _fit(tmp_path / "resumed", [make()], fresh, ckpt_path=str(checkpoint))
-    assert str(checkpoint) in str(info.value) and "does not fit DemoModule" in str(info.value)
-    _assert_untouched(fresh, before)
+    message = _refused_untouched(tmp_path / "resumed", [make()], checkpoint)
+    assert str(checkpoint) in message and "does not fit DemoModule" in message

@@ -8,13 +8,18 @@ import math
 import pickle
 from typing import Any
 
+import helpers
 import pytest
 import torch
+from helpers import Crash, LitTiny, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-import helpers
-from helpers import Crash, LitTiny, make_data, make_trainer
-from lightning_prune import AdaptiveThresholdRollback, PruningConfigError, PruningSatellite, StructuredPruning
+from lightning_prune import (
+    AdaptiveThresholdRollback,
+    PruningConfigError,
+    PruningSatellite,
+    StructuredPruning,
+)
 from lightning_prune.schedules import layer_thresholds
 from lightning_prune.structural import graph as structure
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import LitTiny, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from helpers import LitTiny, make_data, make_trainer
 from lightning_prune import PruningConfigError, StructuredPruning
 from lightning_prune.callbacks.self_distillation import SelfDistillation
 from lightning_prune.losses import dg2pf_loss

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import LitTiny, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback
 
-from helpers import LitTiny, make_data, make_trainer
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning
 from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 from lightning_prune.structural import masks as M

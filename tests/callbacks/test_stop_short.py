@@ -9,13 +9,17 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import LitTiny, TinyResNet, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import LitTiny, make_data, make_trainer
-from lightning_prune import GradualMagnitudePruning, PruningConfigError, StructuredPruning, load_pruned
+from lightning_prune import (
+    GradualMagnitudePruning,
+    PruningConfigError,
+    StructuredPruning,
+    load_pruned,
+)
 from lightning_prune.summary import summary_table
-from helpers import TinyResNet
 
 
 def _fit(tmp_path: Path, pruning: Any, *callbacks: Callback, **trainer_kwargs: Any) -> dict[str, Any]:
@@ -134,3 +138,43 @@ def test_crash_writes_an_incomplete_report(tmp_path: Path) -> None:
     assert report["totals"]["completed"] is False
     assert "RuntimeError: injected crash" in report["totals"]["stop_reason"]
     assert not (tmp_path / "pruned_model.pt").exists()
+
+
+def test_a_stop_during_the_probe_undoes_its_trial_step(tmp_path: Path) -> None:
+    from lightning_prune import LayerFreezer
+
+    pruning = StructuredPruning(pruning_ratio=0.5)
+    report = _fit(tmp_path, pruning, LayerFreezer(), max_steps=2)  # inside the probe's fine-tuning epoch
+    totals = report["totals"]
+    assert totals["completed"] is False and totals["steps_done"] == 0
+    assert totals["params_after"] == totals["params_before"]  # the trial cut is not what gets saved
+    saved = torch.load(tmp_path / "pruned_model.incomplete.pt", weights_only=True)
+    assert saved["history"] == [] and saved["state_dict"]["model.layer1.0.conv1.weight"].shape[0] == 8
+
+
+def test_an_incomplete_report_measures_the_model_it_saves(tmp_path: Path) -> None:
+    pruning = StructuredPruning(pruning_ratio=0.75)
+    report = _fit(tmp_path, pruning, max_steps=6)  # step 2 cut at epoch 1's start, stopped inside that epoch
+    last = report["steps"][-1]
+    assert report["totals"]["steps_done"] == 2 and report["totals"]["params_after"] == last["params"]
+    assert report["totals"]["metric_after"] == last["metric_after_prune"]  # not the validation before that cut
+
+
+def test_resume_with_a_max_epochs_below_the_checkpoints_epoch_completes_the_plan(tmp_path: Path) -> None:
+    from helpers import Crash
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(ckpt_path: str | None, *extra: Callback) -> dict[str, Any]:
+        torch.manual_seed(0)
+        pruning = StructuredPruning(pruning_ratio=0.5, pretrain_epochs=1)
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = make_trainer([pruning, saver, *extra], max_epochs=2, enable_checkpointing=True,
+                               default_root_dir=str(tmp_path))
+        train, val = make_data()
+        trainer.fit(LitTiny(), train, val, ckpt_path=ckpt_path)
+        return pruning.report.totals()
+
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run(None, Crash(3))
+    totals = run(str(tmp_path / "ckpt" / "last.ckpt"))
+    assert totals["completed"] is True and totals["steps_done"] == 3

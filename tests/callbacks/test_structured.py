@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import LitTiny, TinyConvNet, TinyResNet, fit
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 
-from helpers import LitTiny, TinyConvNet, TinyResNet, fit
 from lightning_prune import PruningSatellite, StructuredPruning
-from lightning_prune.schedules import PruningPlanner
 from lightning_prune.importance import IMPORTANCES
+from lightning_prune.schedules import PruningPlanner
 
 STEP_KEYS = {"step", "components", "params", "macs", "metric_after_prune", "metric_after_finetune", "finetuned",
              "finetune_epochs", "seconds_prune", "seconds_eval", "seconds_finetune"}

@@ -7,12 +7,16 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import LitTiny, make_data, make_trainer
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
-from helpers import LitTiny, make_data, make_trainer
-from lightning_prune import GradualMagnitudePruning, PruningConfigError, StructuredPruning
-from lightning_prune.importance import ChannelImportance
+from lightning_prune import (
+    GradualMagnitudePruning,
+    PruningConfigError,
+    StructuredPruning,
+)
+from lightning_prune.importance import ActivationImportance, ChannelImportance
 
 INIT_CASES: list[tuple[dict[str, Any], str]] = [
     ({"pruning_ratio": 0.0}, r"pruning_ratio=0.0 is outside \(0, 1\)"),
@@ -179,3 +183,20 @@ def test_a_layer_missing_from_the_traced_graph_is_reported_by_name(tmp_path) -> 
     make_trainer([pruning]).fit(WithUnusedHead(), train, val)
     assert pruning.report.extra["plan"]["untraced"] == ["aux"]
     assert "aux" not in pruning.report.extra["plan"]["layers"]
+
+
+class WrongCountFromData(ActivationImportance):
+    """A data-driven criterion that drops a channel when it turns statistics into scores."""
+
+    name = "wrong_count_from_data"
+
+    def batch_statistics(self, activation: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"sum": activation.sum(dim=(0, 2))}
+
+    def compute_scores(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return stats["sum"][1:]
+
+
+def test_a_data_driven_criterion_with_wrong_scores_is_refused_before_any_training() -> None:
+    _refused_before_training(StructuredPruning(importance=WrongCountFromData(), pretrain_epochs=2),
+                             r"'wrong_count_from_data'.*'model.layer1.0.conv1'.*\(7,\).*8 output channels")

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import Crash, LitTiny, TinyResNet, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from helpers import Crash, LitTiny, TinyResNet, make_data, make_trainer
 from lightning_prune import StructuredPruning, load_pruned
 from lightning_prune.structural import graph as structure
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-
 from helpers import LitTiny, Scripted, fit
+
 from lightning_prune import (
     PruningConfigError,
     StructuredPruning,

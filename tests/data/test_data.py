@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from helpers import DATA_DIR, needs_data
 
 from lightning_prune.data import (
     CIFAR10DataModule,
@@ -26,11 +27,6 @@ from lightning_prune.data import (
     TensorImageDataset,
 )
 from lightning_prune.errors import PruningConfigError
-
-DATA_DIR = os.environ.get("LIGHTNING_PRUNE_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA_DIR, reason="LIGHTNING_PRUNE_DATA is not set (folder with cifar10/ and mnist/)"
-)
 
 
 def _sizes(dm: SplitDataModule) -> tuple[int, int, int]:

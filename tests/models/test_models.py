@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import DATA_DIR, needs_data
 from torch import nn
 
 from lightning_prune.errors import PruningConfigError
@@ -19,11 +19,6 @@ from lightning_prune.models import (
     digits_resnet,
     list_models,
     torchvision_model,
-)
-
-DATA_DIR = os.environ.get("LIGHTNING_PRUNE_DATA")
-needs_data = pytest.mark.skipif(
-    not DATA_DIR, reason="LIGHTNING_PRUNE_DATA is not set (folder with cifar10/ and weights/)"
 )
 
 

@@ -31,6 +31,8 @@ from lightning_prune import (  # noqa: E402
     ThresholdSkipFineTune,
 )
 from lightning_prune.state import GradualReport  # noqa: E402
+
+CSVLogger_marker = object()  # "an explicit CSVLogger in the output folder"
 from lightning_prune.state import PruningReport  # noqa: E402
 
 
@@ -57,8 +59,12 @@ class Frozen(Callback):
         self.frozen = [n for n, p in pl_module.named_parameters() if not p.requires_grad]
 
 
+#: A Trainer as users build one: Lightning's default logger, checkpoints and sanity check (progress bar off).
+AS_USERS_DO: dict[str, Any] = {"logger": True, "enable_checkpointing": True, "num_sanity_val_steps": 2}
+
+
 def structured(logger: bool) -> tuple[list[Callback], dict[str, Any]]:
-    return [StructuredPruning(pruning_ratio=0.5, pretrain_epochs=1)], {"logger": logger}
+    return [StructuredPruning(pruning_ratio=0.5, pretrain_epochs=1)], {"logger": CSVLogger_marker if logger else False}
 
 
 def ice() -> tuple[list[Callback], dict[str, Any]]:
@@ -66,7 +72,7 @@ def ice() -> tuple[list[Callback], dict[str, Any]]:
     callbacks = [StructuredPruning(pruning_ratio=0.25, pretrain_epochs=2, calibration_batches=2),
                  ThresholdSkipFineTune(threshold=0.05), LayerFreezer(freeze_fraction=0.3), PruningAwareLR(),
                  Frozen()]
-    return callbacks, {}
+    return callbacks, dict(AS_USERS_DO)
 
 
 def aap() -> tuple[list[Callback], dict[str, Any]]:
@@ -74,7 +80,13 @@ def aap() -> tuple[list[Callback], dict[str, Any]]:
     callbacks = [StructuredPruning(importance="l1", pretrain_epochs=2),
                  AdaptiveThresholdRollback(max_drop=0.05, threshold_init=4.0, lambda_init=4.0, max_rounds=4,
                                            max_rollbacks=1)]
-    return callbacks, {}
+    return callbacks, dict(AS_USERS_DO)
+
+
+def aap_stopped() -> tuple[list[Callback], dict[str, Any]]:
+    """AAP stopped by max_steps in round 3, after its rollback: the best round is restored at the stop."""
+    callbacks, extra = aap()
+    return callbacks, {**extra, "max_steps": 4 * (2 + 3) - 2}
 
 
 def gradual() -> tuple[list[Callback], dict[str, Any]]:
@@ -89,6 +101,7 @@ SCENARIOS: dict[str, Callable[[], tuple[list[Callback], dict[str, Any]]]] = {
     "structured_csv_logger": lambda: structured(True),
     "ice": ice,
     "aap": aap,
+    "aap_stopped": aap_stopped,
     "gradual": gradual,
 }
 
@@ -99,7 +112,8 @@ def main(name: str, out: Path) -> None:
     module = LitTiny(lr=0.05)
     train, val = make_data(n=128, batch_size=16)
     callbacks, extra = SCENARIOS[name]()
-    logger = CSVLogger(save_dir=out) if extra.pop("logger", False) else False
+    logger = extra.pop("logger", False)
+    logger = CSVLogger(save_dir=out) if logger is CSVLogger_marker else logger
     trainer = make_trainer(callbacks, devices=2, strategy="ddp", deterministic=False, default_root_dir=str(out),
                            logger=logger, **extra)
     trainer.fit(module, train, val)

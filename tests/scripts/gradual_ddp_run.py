@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/: helpers
 from helpers import LitTiny, make_data, make_trainer  # noqa: E402
 
-from lightning_prune.callbacks.self_distillation import SelfDistillation  # noqa: E402
 from lightning_prune.callbacks.gradual import GradualMagnitudePruning  # noqa: E402
+from lightning_prune.callbacks.self_distillation import SelfDistillation  # noqa: E402
 from lightning_prune.callbacks.simulated_pruning import SimulatedPruning  # noqa: E402
 
 

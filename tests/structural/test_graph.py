@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from helpers import LitTiny, make_trainer
 from torch import nn
 
-from helpers import LitTiny, make_trainer
 from lightning_prune import PruningConfigError, StructuredPruning
 from lightning_prune.schedules import BlockwisePlanner
 from lightning_prune.structural import graph as structure

@@ -6,8 +6,8 @@ import pickle
 
 import torch
 import torchvision
-
 from helpers import TinyResNet
+
 from lightning_prune.structural import graph as structure
 from lightning_prune.structural import snapshot
 

@@ -33,10 +33,11 @@ from lightning_prune.tuning import (
     ice_objective,
     objective_value,
     pareto_front,
+    pipeline,
     tune,
+    tuner,
 )
 from lightning_prune.tuning import config as configs
-from lightning_prune.tuning import pipeline, tuner
 
 # make_cli(args=...) under pytest: sys.argv holds pytest's own arguments
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is intended")
@@ -329,6 +330,13 @@ def test_budget_study_picks_the_fastest_within_budget(tmp_path: Path, fake: Fake
     assert strict.feasible is False and strict.best_params["ThresholdSkipFineTune.threshold"] == 0.5
     ice = fake_tune(tmp_path / "ice", objective="ice")  # eq. 2 prefers the slow runs
     assert ice.best_params == {"ThresholdSkipFineTune.threshold": 0.5, "LayerFreezer.freeze_fraction": 0.3}
+
+
+def test_a_max_drop_the_metric_cannot_reach_is_refused_at_the_first_trial(tmp_path: Path, fake: FakePipeline) -> None:
+    # fake: the metric measures 0.9 before pruning, so a drop budget of 1.0 accepts every trial
+    with pytest.raises(PruningConfigError, match=r"max_drop=1 allows any drop: the monitored metric measured 0.9") as info:
+        fake_tune(tmp_path, max_drop=1.0)
+    assert "use max_drop=0.01 for one point" in str(info.value) and len(fake.calls) == 1
 
 
 def test_pareto_study_reports_the_front(tmp_path: Path, fake: FakePipeline) -> None:
