@@ -1,9 +1,9 @@
 """LightningDataModules with seeded train/val splits, subsets and resumable shuffling.
 
 Every DataModule takes ``data_dir`` (falling back to ``$LIGHTNING_PRUNE_DATA``), ``batch_size``,
-``eval_batch_size``, ``val_fraction`` (carved from TRAIN), ``subset_fraction``, ``seed``,
-``num_workers`` and ``augment``, and exposes ``num_classes``, ``input_shape`` and
-``example_input()``.
+``eval_batch_size``, ``val_fraction`` and ``val_from`` (validation carved from TRAIN, or from TEST for
+weights trained on the whole training split), ``subset_fraction``, ``seed``, ``num_workers`` and
+``augment``, and exposes ``num_classes``, ``input_shape`` and ``example_input()``.
 
 The names below are imported on first use (PEP 562).
 

@@ -44,12 +44,15 @@ class CIFAR10DataModule(SplitDataModule):
         data_dir: Folder holding the data; ``$LIGHTNING_PRUNE_DATA`` when None.
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (``batch_size`` when None).
-        val_fraction: Fraction of TRAIN used for validation, in (0, 1).
+        val_fraction: Fraction of the ``val_from`` split used for validation, in (0, 1); None: 0.1 of
+            TRAIN, or 0.5 of TEST with ``val_from="test"``.
         subset_fraction: Fraction of the train and val splits kept, in (0, 1].
         seed: Seed of the splits, subsets and shuffling.
         num_workers: DataLoader worker processes.
         augment: Crop+flip augmentation of the training split.
         normalization: ``"imagenet"`` or ``"cifar"``.
+        val_from: ``"train"`` (default) or ``"test"``: carve the validation set from the test split, for
+            weights trained on the whole training split (see :class:`~lightning_prune.data.SplitDataModule`).
 
     Example:
         >>> dm = CIFAR10DataModule(data_dir="data", subset_fraction=0.1)  # doctest: +SKIP
@@ -66,12 +69,13 @@ class CIFAR10DataModule(SplitDataModule):
         data_dir: str | None = None,
         batch_size: int = 128,
         eval_batch_size: int | None = None,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = None,
         subset_fraction: float = 1.0,
         seed: int = 0,
         num_workers: int = 0,
         augment: bool = True,
         normalization: str = "imagenet",
+        val_from: str = "train",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -81,6 +85,7 @@ class CIFAR10DataModule(SplitDataModule):
             seed=seed,
             num_workers=num_workers,
             augment=augment,
+            val_from=val_from,
         )
         self.save_hyperparameters()
         if normalization not in _NORMALIZATIONS:

@@ -32,12 +32,15 @@ class DigitsDataModule(SplitDataModule):
         data_dir: Ignored (the data ship with scikit-learn).
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (``batch_size`` when None).
-        val_fraction: Fraction of the non-test samples used for validation, in (0, 1).
+        val_fraction: Fraction of the ``val_from`` split used for validation, in (0, 1); None: 0.1 of
+            the non-test samples, or 0.5 of the test set with ``val_from="test"``.
         test_fraction: Fraction of all samples held out as the test set, in (0, 1).
         subset_fraction: Fraction of the train and val splits kept, in (0, 1].
         seed: Seed of the val split, subsets and shuffling.
         num_workers: DataLoader worker processes.
         augment: Random 1-pixel shifts of training images (off by default).
+        val_from: ``"train"`` (default) or ``"test"``: carve the validation set from the test split, for
+            weights trained on the whole training split (see :class:`~lightning_prune.data.SplitDataModule`).
 
     Example:
         >>> dm = DigitsDataModule(batch_size=64)
@@ -55,12 +58,13 @@ class DigitsDataModule(SplitDataModule):
         data_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = None,
         test_fraction: float = 0.2,
         subset_fraction: float = 1.0,
         seed: int = 0,
         num_workers: int = 0,
         augment: bool = False,
+        val_from: str = "train",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -70,6 +74,7 @@ class DigitsDataModule(SplitDataModule):
             seed=seed,
             num_workers=num_workers,
             augment=augment,
+            val_from=val_from,
         )
         self.save_hyperparameters()
         self.data_dir = data_dir

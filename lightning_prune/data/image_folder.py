@@ -94,11 +94,14 @@ class ImageFolderDataModule(SplitDataModule):
         image_size: Side of the square network input.
         batch_size: Training batch size.
         eval_batch_size: Validation/test batch size (``batch_size`` when None).
-        val_fraction: Fraction of ``train/`` used for validation, in (0, 1).
+        val_fraction: Fraction of the ``val_from`` split used for validation, in (0, 1); None: 0.05 of
+            ``train/``, or 0.5 of ``val/`` (the test set) with ``val_from="test"``.
         subset_fraction: Fraction of the train and val splits kept, in (0, 1].
         seed: Seed of the splits, subsets and shuffling.
         num_workers: DataLoader worker processes.
         augment: RandomResizedCrop + flip for the training split.
+        val_from: ``"train"`` (default) or ``"test"``: carve the validation set from the test split, for
+            weights trained on the whole training split (see :class:`~lightning_prune.data.SplitDataModule`).
 
     Example:
         >>> dm = ImageFolderDataModule("tiny-imagenet-200", image_size=64)  # doctest: +SKIP
@@ -106,17 +109,20 @@ class ImageFolderDataModule(SplitDataModule):
         (200, (3, 64, 64))
     """
 
+    default_val_fraction = 0.05
+
     def __init__(
         self,
         data_dir: str | None = None,
         image_size: int = 224,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
-        val_fraction: float = 0.05,
+        val_fraction: float | None = None,
         subset_fraction: float = 1.0,
         seed: int = 0,
         num_workers: int = 0,
         augment: bool = True,
+        val_from: str = "train",
     ) -> None:
         super().__init__(
             batch_size=batch_size,
@@ -126,6 +132,7 @@ class ImageFolderDataModule(SplitDataModule):
             seed=seed,
             num_workers=num_workers,
             augment=augment,
+            val_from=val_from,
         )
         self.save_hyperparameters()
         check_positive_int("image_size", image_size)

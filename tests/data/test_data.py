@@ -117,6 +117,114 @@ def test_bad_arguments_raise(kwargs: dict[str, float]) -> None:
         DigitsDataModule(**kwargs)
 
 
+# -- validation carved from the test split (val_from="test") -----------------------------------
+def test_val_from_test_halves_the_test_split_and_trains_on_the_whole_pool() -> None:
+    default = DigitsDataModule()
+    default.setup()
+    dm = DigitsDataModule(val_from="test")  # as a user writes it: val_fraction defaults to half there
+    dm.setup()
+    assert dm.val_fraction == 0.5 and default.val_fraction == 0.1
+    assert _sizes(dm) == (1438, 180, 179)
+    assert dm.train_indices.tolist() == list(range(1438))  # the training split whole, nothing carved from it
+    val, test = set(dm.val_indices.tolist()), set(dm.test_indices.tolist())
+    assert not val & test and val | test == set(range(359))
+    # the two loaders serve exactly those images of the complete test set, and nothing else (pixels
+    # compared before normalisation: its statistics come from a different training split)
+    def pixels(data: DigitsDataModule, loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = _all(loader)
+        return x * data.std + data.mean, y  # type: ignore[operator]
+
+    full_x, full_y = pixels(default, default.test_dataloader())
+    val_x, val_y = pixels(dm, dm.val_dataloader())
+    test_x, test_y = pixels(dm, dm.test_dataloader())
+    assert torch.allclose(val_x, full_x[dm.val_indices], atol=1e-5) and torch.equal(val_y, full_y[dm.val_indices])
+    assert torch.allclose(test_x, full_x[dm.test_indices], atol=1e-5)
+    assert torch.equal(test_y, full_y[dm.test_indices])
+    # the default keeps the old behaviour: validation from TRAIN, the complete test set reported
+    assert default.test_indices.tolist() == list(range(359)) and len(default.val_dataset) == 144
+
+
+def test_val_from_test_halves_do_not_depend_on_seed_and_subset_touches_training_only() -> None:
+    a, b = DigitsDataModule(val_from="test", seed=0), DigitsDataModule(val_from="test", seed=5)
+    part = DigitsDataModule(val_from="test", subset_fraction=0.25, val_fraction=0.3)
+    for dm in (a, b, part):
+        dm.setup()
+    assert torch.equal(a.val_indices, b.val_indices) and torch.equal(a.test_indices, b.test_indices)
+    assert _sizes(part) == (360, 108, 251)  # a quarter of the training pool; both test parts whole
+    assert set(part.train_indices.tolist()) < set(range(1438))
+    # the normalisation statistics come from the training split, which is now the whole pool
+    assert a.mean == pytest.approx(float(a.train_dataset.dataset.images.mean()), rel=1e-5)
+    assert a.mean != default_digits_mean()
+
+
+def test_val_from_test_halves_are_stable_across_processes() -> None:
+    import subprocess
+    import sys
+
+    code = ("from lightning_prune.data import DigitsDataModule as D; d = D(val_from='test'); d.setup(); "
+            "print(d.val_indices.tolist()); print(d.test_indices.tolist())")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+            for _ in range(2)]
+    here = DigitsDataModule(val_from="test")
+    here.setup()
+    expected = f"{here.val_indices.tolist()}\n{here.test_indices.tolist()}\n"
+    assert [run.stdout for run in runs] == [expected, expected]
+
+
+def test_val_from_test_on_cifar_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train, test = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in (12, 8))
+    _write_npz_pair(tmp_path / "cifar10", train, test)
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), val_from="test", augment=False, batch_size=4)
+    dm.setup()
+    assert _sizes(dm) == (12, 4, 4)
+    val_x, _ = _all(dm.val_dataloader())
+    test_x, _ = _all(dm.test_dataloader())
+    served = torch.cat([val_x, test_x])
+    whole = CIFAR10DataModule(data_dir=str(tmp_path), augment=False)
+    whole.setup()
+    full_x, _ = _all(whole.test_dataloader())
+    assert torch.equal(served, torch.cat([full_x[dm.val_indices], full_x[dm.test_indices]]))
+    assert sorted(dm.val_indices.tolist() + dm.test_indices.tolist()) == list(range(8))
+
+
+def test_val_from_test_on_an_image_folder(tmp_path: Path) -> None:
+    _write_image_folder(tmp_path, ("cat", "dog"), n_train=3, n_val=2)
+    dm = ImageFolderDataModule(data_dir=str(tmp_path), image_size=8, val_from="test")
+    dm.setup()
+    assert _sizes(dm) == (6, 2, 2)  # train/ whole; val/ (the test set) halved
+    assert not set(dm.val_indices.tolist()) & set(dm.test_indices.tolist())
+
+
+def test_val_from_is_refused_with_a_hint_when_unknown() -> None:
+    with pytest.raises(PruningConfigError, match=r"val_from='val' is not one of \['train', 'test'\]") as error:
+        DigitsDataModule(val_from="val")
+    assert "HINT" in str(error.value)
+    with pytest.raises(PruningConfigError, match="val_fraction=1.0"):
+        DigitsDataModule(val_from="test", val_fraction=1.0)
+
+
+def default_digits_mean() -> float:
+    dm = DigitsDataModule()
+    dm.setup()
+    return dm.mean  # type: ignore[return-value]
+
+
+#: (sum of the validation indices, their first five, the first five reported) of CIFAR-10's test split.
+PINNED_CIFAR_HALVES = (25089258, [2, 3, 4, 6, 7], [0, 1, 5, 8, 9])
+
+
+@needs_data
+def test_cifar_val_from_test_pins_the_reported_half() -> None:
+    """The halves every benchmark decides and reports on: a change here changes every published figure."""
+    dm = CIFAR10DataModule(val_from="test")
+    dm.setup()
+    assert _sizes(dm) == (50000, 5000, 5000)
+    val, test = dm.val_indices, dm.test_indices
+    assert not set(val.tolist()) & set(test.tolist())
+    assert (int(val.sum()), val[:5].tolist(), test[:5].tolist()) == PINNED_CIFAR_HALVES
+
+
 # -- sampler ---------------------------------------------------------------------------------
 def test_sampler_order_depends_only_on_seed_and_epoch() -> None:
     a, b = EpochSeededSampler(100, seed=7), EpochSeededSampler(100, seed=7)
