@@ -14,8 +14,9 @@ Groups of runs, from configs/aap_resnet20_cifar10.yaml (one retraining epoch a r
   round as in the paper, to the parameter reduction the adaptive run reached, with the same epoch
   budget (one epoch a round, the remainder as final fine-tuning). Needs the ``size`` group's run.
 
-Each retraining epoch sees a seeded ``--subset-fraction`` of the training split; measurements use the
-same fraction of the validation split; every final model is tested on the full test split. Results:
+Each retraining epoch sees a seeded ``--subset-fraction`` of the training split; measurements use a
+seeded half of the test split (``val_from: test`` in the base config: the weights were trained on all of
+the training split) and every final model is tested on the other half. Results:
 ``results.jsonl`` (with every run's ``rounds``) and ``results.md`` in ``--out``; a rerun resumes.
 
 Example:
@@ -178,7 +179,8 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
     lines = ["# AAP benchmark: pretrained CIFAR ResNets on CIFAR-10", ""]
     first = next(iter(rows.values()), {})
     lines += [f"subset_fraction {first.get('subset_fraction')}, {first.get('threads')} CPU threads, "
-              f"torch {first.get('torch')}; test accuracy on the full CIFAR-10 test split.", ""]
+              f"torch {first.get('torch')}; validation on a seeded half of the CIFAR-10 test split, test accuracy on "
+              "the other half (the full test split for rows measured before val_from existed).", ""]
     oneshot = {n: r for n, r in rows.items() if r["group"] == "oneshot"}
     if oneshot:
         lines += ["## Table 3 analogue: one-shot, no fine-tuning", "",

@@ -6,8 +6,8 @@
 
 Every run starts from configs/ice_resnet20_cifar10.yaml (the baseline drops the three ICE satellites
 and keeps the distillation, as both pipelines distil in the paper's CIFAR runs),
-trains each fine-tuning epoch on a seeded ``--subset-fraction`` of the training split, measures on
-the same fraction of the validation split, and is tested on the full CIFAR-10 test set. Results:
+trains each fine-tuning epoch on a seeded ``--subset-fraction`` of the training split, measures on a
+seeded half of the test split (``val_from: test``) and is tested on the other half. Results:
 ``results.jsonl``, ``results.md`` and ``ice.png`` in ``--out``.
 
 Example:

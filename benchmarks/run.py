@@ -41,6 +41,7 @@ def run_config(config: str, extra: list[str], out: Path) -> dict[str, Any]:
         "device": str(cli.model.device), "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": lightning.__version__,
         "wall_seconds": wall, "test": tested[0] if tested else {},
+        "val_from": getattr(cli.datamodule, "val_from", None),
     }
     if controller is not None:
         row.update(controller.report.totals())
@@ -63,7 +64,9 @@ def run_plan(
     if jsonl.exists():  # resume: keep finished runs (the last line of a name wins)
         rows = {r["name"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
     for group, name, config in runs:
-        if name in rows:
+        # a row measured on another validation split (before val_from existed: none) is not comparable
+        val_from = config.get("data", {}).get("init_args", {}).get("val_from", "train")
+        if name in rows and rows[name].get("val_from", "train") == val_from:
             continue
         path = out / "configs" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,26 @@ def test_config_builds(config: Path) -> None:
     assert yaml.safe_load(config.read_text())["seed_everything"] == 0
 
 
+PRETRAINED = [c for c in CONFIGS if "weights" in (yaml.safe_load(c.read_text()).get("model") or {}).get("init_args", {})]
+
+
+@pytest.mark.parametrize("config", PRETRAINED, ids=[c.stem for c in PRETRAINED])
+def test_configs_on_pretrained_weights_decide_on_half_of_the_test_split(config: Path) -> None:
+    """The published weights saw all of TRAIN: a validation split carved from it would hide every cost."""
+    if not os.environ.get("LIGHTNING_PRUNE_DATA"):
+        pytest.skip("LIGHTNING_PRUNE_DATA is not set: the config loads weights from the data directory")
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    cli = PruneCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                   run=False, args=["--config", str(config), "--trainer.logger=false"])
+    assert cli.datamodule.val_from == "test" and cli.datamodule.val_fraction == 0.5
+
+
+def test_the_pretrained_recipes_are_found() -> None:
+    assert {c.stem for c in PRETRAINED} >= {"ice_resnet20_cifar10", "aap_resnet20_cifar10", "dg2pf_resnet20_cifar10",
+                                            "baseline_resnet20_cifar10"}
+
+
 def test_quickstart_prunes_half_the_macs_within_three_points(tmp_path: Path) -> None:
     config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
     main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}",
