@@ -21,7 +21,6 @@ from lightning_prune.data._common import (
 from lightning_prune.data.sampler import EpochSeededSampler
 from lightning_prune.errors import PruningConfigError
 
-
 #: Where the validation split can come from (``val_from``).
 VAL_SOURCES = ("train", "test")
 
