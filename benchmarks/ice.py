@@ -1,23 +1,35 @@
-"""ICE-Pruning on pretrained ResNet-20 / CIFAR-10: the paper's Table III, Table II and Fig. 3, side by side.
+"""ICE-Pruning vs iterative pruning on pretrained CIFAR ResNets (ResNet-56 first): time and accuracy.
 
-1. baseline (fine-tune after every step, fixed LR) vs full ICE at ratios 0.6 / 0.7 / 0.8;
-2. ablations at 0.6: ICE without the threshold, without freezing, without the LR scheduler;
-3. criteria under ICE at 0.6: l1, random, entropy, mean_activation (time vs accuracy plot).
+Groups of runs (``--only`` picks some; the goal's pair runs first):
 
-Every run starts from configs/ice_resnet20_cifar10.yaml (the baseline drops the three ICE satellites
-and keeps the distillation, as both pipelines distil in the paper's CIFAR runs),
-trains each fine-tuning epoch on a seeded ``--subset-fraction`` of the training split, measures on a
-seeded half of the test split (``val_from: test``) and is tested on the other half. Results:
-``results.jsonl``, ``results.md`` and ``ice.png`` in ``--out``.
+* ``goal``: at every ``--ratios``, the paper's baseline (one fine-tuning epoch after every blockwise
+  step, fixed LR) and ICE with the paper's default values (threshold 1 point vs the unpruned model,
+  30 % of the layers frozen after a probe, the fine-tuning LR from eq. 1 with the authors' values);
+* ``ablation`` (Table II) at the first ratio: ICE without the threshold / the freezing / the LR rule;
+* ``criteria`` (Fig. 3) at the first ratio: ICE with random, entropy and mean-activation filter ranking.
 
-Example:
-    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/ice.py --subset-fraction 0.2 --out benchmarks/results/ice
+Every run starts from ``configs/ice_resnet20_cifar10.yaml`` with the network swapped (the baseline
+drops the three ICE satellites and keeps the distillation, as both pipelines distil in the paper's CIFAR
+runs): same data, epochs and optimiser. The weights were trained on all of CIFAR-10's training split, so
+every decision is measured on a seeded half of the test split (``val_from: test``, at most
+``--val-batches`` batches of it) and the reported accuracy is the other half's (5,000 images, always
+whole). Each fine-tuning epoch trains on a seeded ``--subset-fraction`` of the training split. Pipeline
+time is the controller's ``seconds_total`` (first step to the final model, probe included).
+
+Writes to ``--out``: ``results.jsonl`` (every run), ``results.md``, ``ice.png`` (test accuracy vs time,
+every pipeline) and ``summary.json`` (the issue's keys; ``ice_tuned`` is null until a tuned run exists).
+A rerun with the same ``--out`` resumes.
+
+Example (the CPU size; a smoke test adds ``--subset-fraction 0.002 --val-batches 1 --network resnet20``):
+    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/ice.py --network resnet56 --ratios 0.6 \
+        --only goal --subset-fraction 0.02 --val-batches 10 --out benchmarks/results/ice/resnet56
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,15 +37,20 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import run_plan  # noqa: E402
+from run import run_plan
 
 BASE = Path(__file__).parents[1] / "configs" / "ice_resnet20_cifar10.yaml"
-SATELLITES = {"threshold": "ThresholdSkipFineTune", "freezing": "LayerFreezer", "scheduler": "PruningAwareLR"}
+SATELLITES = {"threshold": "ThresholdSkipFineTune", "freezing": "LayerFreezer", "lr": "PruningAwareLR"}
+WEIGHTS = {"resnet20": "weights/resnet20-12fca82f.th", "resnet32": "weights/resnet32-d509ac18.th",
+           "resnet56": "weights/resnet56-4bfd9763.th"}
+CRITERIA = ("random", "entropy", "mean_activation")
 
 
-def variant(base: dict[str, Any], ratio: float, importance: str = "l1", without: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The base ICE config at ``ratio`` with ``importance``, minus the named satellites."""
+def variant(base: dict[str, Any], network: str, ratio: float, importance: str = "l1",
+            without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The base ICE config on ``network`` at ``ratio`` with ``importance``, minus the named satellites."""
     config = copy.deepcopy(base)
+    config["model"]["init_args"].update(model=f"cifar_{network}", weights=WEIGHTS[network])
     drop = {SATELLITES[w] for w in without}
     callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].rsplit(".", 1)[-1] not in drop]
     callbacks[0]["init_args"].update(pruning_ratio=ratio, importance=importance)
@@ -41,90 +58,134 @@ def variant(base: dict[str, Any], ratio: float, importance: str = "l1", without:
     return config
 
 
-def plan(only: set[str] | None) -> list[tuple[str, str, dict[str, Any]]]:
+def plan(network: str, ratios: list[float], only: set[str] | None) -> list[tuple[str, str, dict[str, Any]]]:
     """(group, name, config) for every run."""
     base = yaml.safe_load(BASE.read_text())
+    first = ratios[0]
     runs = []
-
-    def pair(ratio: float) -> None:
-        runs.append(("table3", f"baseline_r{ratio}", variant(base, ratio, without=tuple(SATELLITES))))
-        runs.append(("table3", f"ice_r{ratio}", variant(base, ratio)))
-
-    pair(0.6)  # the goal's comparison first, then the ratio-0.6 studies, then the other ratios
+    for ratio in ratios:
+        runs.append(("goal", f"baseline_r{ratio}", variant(base, network, ratio, without=tuple(SATELLITES))))
+        runs.append(("goal", f"ice_default_r{ratio}", variant(base, network, ratio)))
     for name in SATELLITES:
-        runs.append(("table2", f"ice_no_{name}_r0.6", variant(base, 0.6, without=(name,))))
-    for criterion in ("random", "entropy", "mean_activation"):
-        runs.append(("fig3", f"ice_{criterion}_r0.6", variant(base, 0.6, importance=criterion)))
-    pair(0.7)
-    pair(0.8)
+        runs.append(("ablation", f"ice_no_{name}_r{first}", variant(base, network, first, without=(name,))))
+    for criterion in CRITERIA:
+        runs.append(("criteria", f"ice_{criterion}_r{first}", variant(base, network, first, importance=criterion)))
     return [r for r in runs if only is None or r[0] in only]
 
 
-def _row(rows: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
-    return rows.get(name, {})
+def dense_test_accuracy(config: dict[str, Any]) -> float:
+    """Test accuracy (fraction) of the config's unpruned model on the reported half."""
+    import lightning as L
+
+    from lightning_prune import CIFAR10DataModule, ImageClassifier
+
+    module = ImageClassifier(**config["model"]["init_args"])
+    data = CIFAR10DataModule(**config["data"]["init_args"])
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    return float(trainer.test(module, datamodule=data, verbose=False)[0]["test_acc"])
 
 
-def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
-    """Markdown tables and the time-vs-accuracy plot."""
-    def acc(r: dict[str, Any]) -> str:
-        value = r.get("test", {}).get("test_acc")
-        return "-" if value is None else f"{100 * value:.2f}"
+def _acc(row: dict[str, Any]) -> float | None:
+    value = row.get("test", {}).get("test_acc")
+    return None if value is None else 100 * value
 
-    lines = ["## Table III analogue: baseline vs ICE", "",
-             "| ratio | baseline test acc | ICE test acc | MACs after (both) | baseline s | ICE s | time ratio (baseline / ICE) | steps fine-tuned (ICE) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for ratio in (0.6, 0.7, 0.8):
-        b, i = _row(rows, f"baseline_r{ratio}"), _row(rows, f"ice_r{ratio}")
-        if not b or not i:
-            continue
-        ice_time = i["seconds_total"]  # includes the freezing probe
-        lines.append(f"| {ratio} | {acc(b)} | {acc(i)} | {b['macs_after']:,} / {i['macs_after']:,} | "
-                     f"{b['seconds_total']:.0f} | {ice_time:.0f} | {b['seconds_total'] / ice_time:.2f} | "
-                     f"{i['steps_finetuned']}/{i['steps']} |")
-    lines += ["", "## Table II analogue: ablations at ratio 0.6", "",
-              "| pipeline | test acc | pruning s | steps fine-tuned |", "|---|---|---|---|"]
-    for name in ("ice_r0.6", *(f"ice_no_{n}_r0.6" for n in SATELLITES), "baseline_r0.6"):
-        r = _row(rows, name)
-        if r:
-            lines.append(f"| {name} | {acc(r)} | {r['seconds_total']:.0f} | "
-                         f"{r['steps_finetuned']}/{r['steps']} |")
-    lines += ["", "## Fig. 3 analogue: criteria under ICE at ratio 0.6", "",
-              "| criterion | test acc | pruning s |", "|---|---|---|"]
-    points = []
-    for criterion in ("l1", "random", "entropy", "mean_activation"):
-        r = _row(rows, "ice_r0.6" if criterion == "l1" else f"ice_{criterion}_r0.6")
-        if r:
-            seconds = r["seconds_total"]
-            lines.append(f"| {criterion} | {acc(r)} | {seconds:.0f} |")
-            points.append((criterion, seconds, 100 * r["test"].get("test_acc", 0.0)))
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    if points:
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for criterion, seconds, accuracy in points:
-            ax.scatter(seconds, accuracy)
-            ax.annotate(criterion, (seconds, accuracy))
-        ax.set_xlabel("pruning time (s)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title("ICE on ResNet-20 / CIFAR-10, ratio 0.6")
-        fig.tight_layout()
-        fig.savefig(out / "ice.png", dpi=120)
+
+def _time_split(row: dict[str, Any]) -> str:
+    probe = row.get("probe_seconds", 0.0)
+    other = row["seconds_total"] - row["seconds_prune"] - row["seconds_eval"] - row["seconds_finetune"] - probe
+    return (f"{row['seconds_prune']:.0f} / {row['seconds_eval']:.0f} / {probe:.0f} / {row['seconds_finetune']:.0f}"
+            f" / {max(other, 0.0):.0f}")
+
+
+def summary(rows: dict[str, dict[str, Any]], network: str, ratio: float, dense: float | None) -> dict[str, Any]:
+    """The issue's ``summary.json`` for ``ratio`` (accuracy in percent)."""
+    base, ice = rows.get(f"baseline_r{ratio}", {}), rows.get(f"ice_default_r{ratio}", {})
+
+    def entry(row: dict[str, Any]) -> dict[str, Any] | None:
+        return {"test_acc": _acc(row), "seconds": row["seconds_total"]} if row else None
+
+    macs = (1 - base["macs_after"] / base["macs_before"]) if base else None
+    return {"network": network, "ratio": ratio, "unpruned_test_acc": None if dense is None else 100 * dense,
+            "macs_reduction": macs, "device": base.get("device") or ice.get("device"),
+            "baseline": entry(base), "ice_default": entry(ice), "ice_tuned": None}
+
+
+def make_report(network: str, ratios: list[float], args: argparse.Namespace, dense: dict[str, float]):
+    """The ``report`` callback of :func:`run_plan`: results.md, ice.png and summary.json."""
+    def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
+        unpruned = dense.get("acc")
+        command = (f"LIGHTNING_PRUNE_DATA=../shared/data python benchmarks/ice.py --network {network} --ratios "
+                   f"{' '.join(map(str, ratios))} --subset-fraction {args.subset_fraction} --val-batches "
+                   f"{args.val_batches} --out {args.out}" + (f" --only {' '.join(args.only)}" if args.only else ""))
+        lines = [f"# ICE-Pruning vs iterative pruning on pretrained {network} / CIFAR-10", "", "```bash", command,
+                 "```", "",
+                 (f"Unpruned test accuracy on the reported half: {_fmt(None if unpruned is None else 100 * unpruned)} %. "
+                 f"Fine-tuning epochs on {args.subset_fraction:g} of the training split; decisions on at most "
+                 f"{args.val_batches} batches of the deciding half."), "",
+                 ("| run | test acc (%) | MACs after | seconds | time ratio (baseline / run) | prune / eval / probe / "
+                 "fine-tune / other s | steps fine-tuned |"), "|---|---|---|---|---|---|---|"]
+        points = []
+        for name, row in rows.items():
+            ratio = float(name.rsplit("_r", 1)[1])
+            base = rows.get(f"baseline_r{ratio}")
+            speed = f"{base['seconds_total'] / row['seconds_total']:.2f}" if base else "-"
+            lines.append(f"| {name} | {_fmt(_acc(row))} | {row['macs_after']:,} of {row['macs_before']:,} | "
+                         f"{row['seconds_total']:.0f} | {speed} | {_time_split(row)} | "
+                         f"{row['steps_finetuned']}/{row['steps']} |")
+            if _acc(row) is not None:
+                points.append((name, row["seconds_total"], _acc(row)))
+        (out / "results.md").write_text("\n".join(lines) + "\n")
+        (out / "summary.json").write_text(json.dumps(summary(rows, network, ratios[0], unpruned), indent=2) + "\n")
+        if points:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(6, 4.5))
+            for name, seconds, accuracy in points:
+                ax.scatter(seconds, accuracy)
+                ax.annotate(name, (seconds, accuracy), fontsize=7)
+            if unpruned is not None:
+                ax.axhline(100 * unpruned, linestyle=":", color="grey", label="unpruned")
+                ax.legend()
+            ax.set_xlabel("pipeline time (s)")
+            ax.set_ylabel("test accuracy on the reported half (%)")
+            ax.set_title(f"{network} / CIFAR-10")
+            fig.tight_layout()
+            fig.savefig(out / "ice.png", dpi=120)
+            plt.close(fig)
+    return report
 
 
 def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subset-fraction", type=float, default=0.2)
-    parser.add_argument("--out", default="benchmarks/results/ice")
-    parser.add_argument("--only", nargs="*", choices=["table3", "table2", "fig3"], help="run only these groups")
+    parser.add_argument("--network", choices=sorted(WEIGHTS), default="resnet56")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.6, 0.7])
+    parser.add_argument("--subset-fraction", type=float, default=0.02, help="fraction of the training split an epoch")
+    parser.add_argument("--val-batches", type=int, default=10, help="batches of the deciding half a measurement uses")
+    parser.add_argument("--out", default="benchmarks/results/ice/resnet56")
+    parser.add_argument("--only", nargs="*", choices=["goal", "ablation", "criteria"], help="run only these groups")
     args = parser.parse_args()
-    extra = [f"--data.init_args.subset_fraction={args.subset_fraction}", "--trainer.enable_progress_bar=false"]
-    run_plan(plan(set(args.only) if args.only else None), Path(args.out), extra, report,
-                    enrich=lambda row, _: row.update(subset_fraction=args.subset_fraction))
+    runs = plan(args.network, args.ratios, set(args.only) if args.only else None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dense_path = out / "unpruned.json"
+    dense = json.loads(dense_path.read_text()) if dense_path.exists() else {}
+    if "acc" not in dense:
+        dense = {"acc": dense_test_accuracy(runs[0][2])}
+        dense_path.write_text(json.dumps(dense) + "\n")
+    extra = [f"--data.init_args.subset_fraction={args.subset_fraction}", "--trainer.enable_progress_bar=false",
+             f"--trainer.limit_val_batches={args.val_batches}"]
+    run_plan(runs, out, extra, make_report(args.network, args.ratios, args, dense),
+             enrich=lambda row, _: row.update(subset_fraction=args.subset_fraction, val_batches=args.val_batches))
+
 
 if __name__ == "__main__":
     main()
