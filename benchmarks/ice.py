@@ -6,6 +6,8 @@ Groups of runs (``--only`` picks some; the goal's pair runs first):
   step, fixed LR) and ICE with the paper's default values (threshold 1 point vs the unpruned model,
   30 % of the layers frozen after a probe, the fine-tuning LR from eq. 1 with the authors' values);
 * ``ablation`` (Table II) at the first ratio: ICE without the threshold / the freezing / the LR rule;
+* ``beyond`` at the first ratio, not in the paper: ThresholdSkipFineTune(reference="last_finetuned"), the
+  drops of skipped steps adding up until one fine-tune serves several blocks; with and without the LR rule;
 * ``criteria`` (Fig. 3) at the first ratio: ICE with random, entropy and mean-activation filter ranking.
 
 Every run starts from ``configs/ice_resnet20_cifar10.yaml`` with the network swapped (the baseline
@@ -47,13 +49,17 @@ CRITERIA = ("random", "entropy", "mean_activation")
 
 
 def variant(base: dict[str, Any], network: str, ratio: float, importance: str = "l1",
-            without: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The base ICE config on ``network`` at ``ratio`` with ``importance``, minus the named satellites."""
+            without: tuple[str, ...] = (), threshold: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The base ICE config on ``network`` at ``ratio`` with ``importance``, minus the named satellites, with
+    ``threshold`` overriding ThresholdSkipFineTune's arguments."""
     config = copy.deepcopy(base)
     config["model"]["init_args"].update(model=f"cifar_{network}", weights=WEIGHTS[network])
     drop = {SATELLITES[w] for w in without}
     callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].rsplit(".", 1)[-1] not in drop]
     callbacks[0]["init_args"].update(pruning_ratio=ratio, importance=importance)
+    for callback in callbacks:
+        if callback["class_path"].endswith(".ThresholdSkipFineTune"):
+            callback["init_args"].update(threshold or {})
     config["trainer"]["callbacks"] = callbacks
     return config
 
@@ -68,6 +74,11 @@ def plan(network: str, ratios: list[float], only: set[str] | None) -> list[tuple
         runs.append(("goal", f"ice_default_r{ratio}", variant(base, network, ratio)))
     for name in SATELLITES:
         runs.append(("ablation", f"ice_no_{name}_r{first}", variant(base, network, first, without=(name,))))
+    # beyond the paper: drops add up over skipped steps, measured from the last fine-tuned step's accuracy
+    last = {"reference": "last_finetuned"}
+    runs.append(("beyond", f"ice_last_finetuned_r{first}", variant(base, network, first, threshold=last)))
+    runs.append(("beyond", f"ice_last_finetuned_no_lr_r{first}",
+                 variant(base, network, first, without=("lr",), threshold=last)))
     for criterion in CRITERIA:
         runs.append(("criteria", f"ice_{criterion}_r{first}", variant(base, network, first, importance=criterion)))
     return [r for r in runs if only is None or r[0] in only]
@@ -171,7 +182,7 @@ def main() -> None:
     parser.add_argument("--subset-fraction", type=float, default=0.02, help="fraction of the training split an epoch")
     parser.add_argument("--val-batches", type=int, default=10, help="batches of the deciding half a measurement uses")
     parser.add_argument("--out", default="benchmarks/results/ice/resnet56")
-    parser.add_argument("--only", nargs="*", choices=["goal", "ablation", "criteria"], help="run only these groups")
+    parser.add_argument("--only", nargs="*", choices=["goal", "ablation", "beyond", "criteria"], help="run only these groups")
     args = parser.parse_args()
     runs = plan(args.network, args.ratios, set(args.only) if args.only else None)
     out = Path(args.out)

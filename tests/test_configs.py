@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,28 @@ def test_the_pretrained_recipes_are_found() -> None:
                                             "baseline_resnet20_cifar10"}
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_checkpoints_so_a_killed_run_resumes(config: Path) -> None:
+    """``--ckpt_path last`` needs a ``last.ckpt``: checkpointing on, and a ModelCheckpoint saving it."""
+    trainer = yaml.safe_load(config.read_text())["trainer"]
+    assert trainer.get("enable_checkpointing", True) is True
+    saving = [c for c in trainer.get("callbacks", []) if c["class_path"].endswith(".ModelCheckpoint")
+              and c.get("init_args", {}).get("save_last") is True]
+    assert len(saving) == 1
+    # last in the list, so that it saves after the pruning callbacks have updated their state
+    assert trainer["callbacks"][-1] is saving[0]
+
+
+def _readme_quickstart_figures() -> tuple[list[int], tuple[float, float], float]:
+    """(MACs before/after and parameters before/after, the after-accuracy range, the before accuracy) as stated."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    found = re.search(r"Measured here: MACs ([\d,]+) → ([\d,]+) .*?parameters ([\d,]+) → ([\d,]+),\s+validation "
+                      r"accuracy ([\d.]+) before pruning and ([\d.]+)–([\d.]+) after", text, re.DOTALL)
+    assert found, "the README's quick-start figures moved: update this test with them"
+    sizes = [int(g.replace(",", "")) for g in found.groups()[:4]]
+    return sizes, (float(found[6]), float(found[7])), float(found[5])
+
+
 def test_quickstart_prunes_half_the_macs_within_three_points(tmp_path: Path) -> None:
     config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
     main(["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}",
@@ -66,3 +89,8 @@ def test_quickstart_prunes_half_the_macs_within_three_points(tmp_path: Path) -> 
     assert totals["metric_before"] - totals["metric_after"] <= 0.03
     assert totals["metric_after"] > 0.9
     assert (report_path.parent / "pruned_model.pt").is_file()
+    # the README's figures are the ones this run printed: sizes exactly, accuracy within the stated range
+    sizes, (low, high), before = _readme_quickstart_figures()
+    assert [totals["macs_before"], totals["macs_after"], totals["params_before"], totals["params_after"]] == sizes
+    assert totals["metric_before"] == pytest.approx(before, abs=5e-5)
+    assert low - 5e-5 <= totals["metric_after"] <= high + 5e-5

@@ -32,6 +32,10 @@ def drop(reference: float, current: float, mode: str) -> float:
     return reference - current if mode == "max" else current - reference
 
 
+#: What a step's drop is measured against (``reference``).
+REFERENCES = ("original", "previous", "last_finetuned")
+
+
 class ThresholdSkipFineTune(PruningSatellite, Callback):
     """Fine-tune a pruning step only if the metric dropped by at least ``threshold``.
 
@@ -49,8 +53,11 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
             threshold the drop can never reach (above the unpruned model's metric, for a non-negative
             ``"max"`` metric) is refused when pruning starts.
         mode: ``"max"`` if higher is better, else ``"min"`` (``None``: the controller's).
-        reference: ``"original"`` (the unpruned model, as the authors' code) or ``"previous"`` (the
-            metric before this step, i.e. after the previous step's fine-tuning).
+        reference: ``"original"`` (the unpruned model, as the authors' code), ``"previous"`` (the
+            metric before this step, i.e. after the previous step and its fine-tuning if any) or
+            ``"last_finetuned"`` (the metric after the most recent fine-tuned step, the original before
+            any: the drops of skipped steps add up until together they reach ``threshold``, so several
+            blocks share one fine-tune; not in the paper).
         eval_batches: Measure on the first this many validation batches (asks the controller to).
         recover: The paper's case 4: fine-tune a step up to ``max_finetune_epochs`` epochs, stopping
             as soon as the drop is back under the threshold (checked after each epoch's validation).
@@ -80,8 +87,8 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
                "thresholds are in the metric's units: 0.01 is one point of accuracy logged as a fraction")
         _check(mode in (None, "min", "max"), f"mode={mode!r} is unknown; valid: min, max",
                "use mode='max' for accuracy, or leave it unset")
-        _check(reference in ("original", "previous"), f"reference={reference!r} is unknown; valid: original, previous",
-               "use 'original' (as the ICE authors) or 'previous'")
+        _check(reference in REFERENCES, f"reference={reference!r} is unknown; valid: {', '.join(REFERENCES)}",
+               "use 'original' (as the ICE authors), 'previous' or 'last_finetuned'")
         _check(eval_batches is None or (isinstance(eval_batches, int) and eval_batches >= 1),
                f"eval_batches={eval_batches!r} must be None or an integer >= 1", "use None to validate on all batches")
         _check(isinstance(max_finetune_epochs, int) and max_finetune_epochs >= 1,
@@ -135,6 +142,8 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
         if self.reference == "original":
             return before
         earlier = [s for s in controller.report.steps if s.step < record.step]
+        if self.reference == "last_finetuned":
+            earlier = [s for s in earlier if s.finetuned]
         value = earlier[-1].metric_after_finetune if earlier else None
         return before if value is None else value
 

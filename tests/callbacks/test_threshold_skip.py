@@ -20,6 +20,9 @@ from lightning_prune import (
         # before, step0, step1, [epoch val], step2 ...
         ("original", [0.90, 0.86, 0.83, 0.88, 0.84, 0.89], [False, True, True], 2),
         ("previous", [0.90, 0.86, 0.83, 0.76, 0.89, 0.89], [False, False, True], 1),
+        # drops add up over skipped steps (0.03, then 0.06 from the original), then count from the fine-tuned 0.88
+        ("last_finetuned", [0.90, 0.87, 0.84, 0.88, 0.84, 0.84], [False, True, False], 1),
+        ("original", [0.90, 0.87, 0.84, 0.88, 0.84, 0.84], [False, True, True], 2),
     ],
 )
 def test_threshold_decides_from_the_measured_drop(reference: str, script: list[float], decisions: list[bool],
@@ -34,6 +37,18 @@ def test_threshold_decides_from_the_measured_drop(reference: str, script: list[f
     assert trainer.global_step == 4 * finetuned_epochs and module.training_steps == 4 * finetuned_epochs
     assert pruning.report.totals()["steps_skipped"] == decisions.count(False)
     assert pruning.report.extra["threshold_skip"]["decisions"] == skip.decisions
+
+
+def test_last_finetuned_reference_measures_from_the_last_fine_tuned_step() -> None:
+    module = Scripted([0.90, 0.87, 0.84, 0.88, 0.84, 0.84])
+    skip = ThresholdSkipFineTune(threshold=0.05, reference="last_finetuned")
+    pruning = StructuredPruning(pruning_ratio=0.5)
+    fit(module, pruning, skip)
+    assert [d["drop"] for d in skip.decisions] == pytest.approx([0.03, 0.06, 0.04], abs=1e-6)
+    assert pruning.report.extra["threshold_skip"]["reference"] == "last_finetuned"
+    with pytest.raises(PruningConfigError, match="reference='last' is unknown; valid: original, previous, "
+                                                 "last_finetuned"):
+        ThresholdSkipFineTune(reference="last")
 
 
 def test_original_reference_drops_are_versus_the_unpruned_metric() -> None:
