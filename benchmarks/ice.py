@@ -18,7 +18,8 @@ every decision is measured on a seeded half of the test split (``val_from: test`
 whole). Each fine-tuning epoch trains on a seeded ``--subset-fraction`` of the training split. Pipeline
 time is the controller's ``seconds_total`` (first step to the final model, probe included).
 
-Writes to ``--out``: ``results.jsonl`` (every run), ``results.md``, ``ice.png`` (test accuracy vs time,
+Writes to ``--out``: ``results.jsonl`` (every run), ``results.md`` (with ``analysis.md`` appended when
+present: what the tables show, written by hand), ``ice.png`` (test accuracy vs time,
 every pipeline) and ``summary.json`` (the issue's keys; ``ice_tuned`` is null until a tuned run exists).
 A rerun with the same ``--out`` resumes.
 
@@ -150,6 +151,9 @@ def make_report(network: str, ratios: list[float], args: argparse.Namespace, den
                          f"{row['steps_finetuned']}/{row['steps']} |")
             if _acc(row) is not None:
                 points.append((name, row["seconds_total"], _acc(row)))
+        analysis = out / "analysis.md"  # what the tables show, written by hand after a run
+        if analysis.exists():
+            lines += ["", analysis.read_text().rstrip()]
         (out / "results.md").write_text("\n".join(lines) + "\n")
         (out / "summary.json").write_text(json.dumps(summary(rows, network, ratios[0], unpruned), indent=2) + "\n")
         if points:
