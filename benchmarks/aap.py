@@ -42,7 +42,7 @@ from lightning_prune.models import create_model
 from lightning_prune.structural import graph as structure
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import run_plan  # noqa: E402
+from run import dense_test_accuracy, run_plan  # noqa: E402
 
 BASE = Path(__file__).parents[1] / "configs" / "aap_resnet20_cifar10.yaml"
 #: L1 norms of ResNet-20's 3x3 filters are O(1-10) where attention scores are O(0.1-1).
@@ -150,19 +150,6 @@ def fixed_rate_plan(adaptive: dict[str, Any]) -> list[tuple[str, str, dict[str, 
     steps = max(1, min(epochs, round(ratio / FIXED_RATE)))
     return [("fixed", f"{name}_fixed", uniform(base, importance, kwargs, ratio, steps, epochs - steps))
             for name, (importance, kwargs) in (("iap", CRITERIA["attention_mean_p1"]), ("ilp", CRITERIA["l1"]))]
-
-
-def dense_test_accuracy(config: dict[str, Any]) -> float:
-    """Test accuracy of the config's unpruned model (the "before" of Table 3)."""
-    import lightning as L
-
-    from lightning_prune import CIFAR10DataModule, ImageClassifier
-
-    module = ImageClassifier(**config["model"]["init_args"])
-    data = CIFAR10DataModule(**config["data"]["init_args"])
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    return float(trainer.test(module, datamodule=data, verbose=False)[0]["test_acc"])
 
 
 def _pct(before: int, after: int) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import run_plan
+from run import dense_test_accuracy, run_plan
 
 BASE = Path(__file__).parents[1] / "configs" / "ice_resnet20_cifar10.yaml"
 SATELLITES = {"threshold": "ThresholdSkipFineTune", "freezing": "LayerFreezer", "lr": "PruningAwareLR"}
@@ -83,19 +83,6 @@ def plan(network: str, ratios: list[float], only: set[str] | None) -> list[tuple
     for criterion in CRITERIA:
         runs.append(("criteria", f"ice_{criterion}_r{first}", variant(base, network, first, importance=criterion)))
     return [r for r in runs if only is None or r[0] in only]
-
-
-def dense_test_accuracy(config: dict[str, Any]) -> float:
-    """Test accuracy (fraction) of the config's unpruned model on the reported half."""
-    import lightning as L
-
-    from lightning_prune import CIFAR10DataModule, ImageClassifier
-
-    module = ImageClassifier(**config["model"]["init_args"])
-    data = CIFAR10DataModule(**config["data"]["init_args"])
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    return float(trainer.test(module, datamodule=data, verbose=False)[0]["test_acc"])
 
 
 def _acc(row: dict[str, Any]) -> float | None:

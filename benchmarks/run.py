@@ -50,6 +50,19 @@ def run_config(config: str, extra: list[str], out: Path) -> dict[str, Any]:
     return row
 
 
+def dense_test_accuracy(config: dict[str, Any]) -> float:
+    """Test accuracy (fraction) of ``config``'s unpruned model on its datamodule's test split."""
+    import lightning as L
+
+    from lightning_prune import CIFAR10DataModule, ImageClassifier
+
+    module = ImageClassifier(**config["model"]["init_args"])
+    data = CIFAR10DataModule(**config["data"]["init_args"])
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    return float(trainer.test(module, datamodule=data, verbose=False)[0]["test_acc"])
+
+
 def run_plan(
     runs: list[tuple[str, str, dict[str, Any]]],
     out: Path,
