@@ -77,6 +77,21 @@ class Patience:
         self.best, self.wait = baseline, 0
 
 
+def largest_drop(before: float | None, mode: str | None) -> float | None:
+    """The largest drop a metric measured ``before`` can still show, when that is known.
+
+    For a non-negative ``"max"`` metric (accuracy) it is ``before`` itself: the metric can fall to 0
+    and no further. For a ``"min"`` metric, a negative value or an unknown one it is None (no bound).
+    A threshold, budget or delta in the wrong units (1.0 for an accuracy logged as a fraction) is
+    caught by comparing it with this bound.
+
+    Example:
+        >>> largest_drop(0.98, "max"), largest_drop(0.98, "min"), largest_drop(None, "max")
+        (0.98, None, None)
+    """
+    return before if mode == "max" and before is not None and before >= 0 else None
+
+
 @dataclass
 class StepRecord:
     """What one pruning step did and cost.

@@ -76,3 +76,11 @@ def test_patience_min_delta_and_reset() -> None:
     assert (patience.best, patience.wait) == (0.9, 0) and patience.update(0.95) == 1
     patience.reset(None)
     assert patience.update(0.1) == 0
+
+
+def test_largest_drop_bounds_only_a_non_negative_max_metric() -> None:
+    from lightning_prune.state import largest_drop
+
+    assert largest_drop(0.9815, "max") == 0.9815 and largest_drop(0.0, "max") == 0.0
+    assert largest_drop(-1.5, "max") is None  # e.g. a negative log-likelihood logged as "max"
+    assert largest_drop(0.3, "min") is None and largest_drop(None, "max") is None and largest_drop(0.5, None) is None

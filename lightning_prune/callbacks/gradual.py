@@ -16,7 +16,7 @@ from lightning_prune._logging import info
 from lightning_prune.callbacks.base import PruningController, check_resume_hparams
 from lightning_prune.errors import check as _check
 from lightning_prune.sparse import save_sparse
-from lightning_prune.state import GradualPhase, GradualReport, Patience
+from lightning_prune.state import GradualPhase, GradualReport, Patience, largest_drop
 from lightning_prune.structural import masks as M
 from lightning_prune.structural import snapshot as snapshots
 from lightning_prune.summary import gradual_summary
@@ -399,8 +399,8 @@ class GradualMagnitudePruning(PruningController):
             self.report.metric_before = self._last_val[1]
         else:
             self.report.metric_before = self.measure(trainer)
-        before = self.report.metric_before
-        _check(not (self.mode == "max" and self.min_delta > 0 and 0 <= before <= self.min_delta),
+        before, scale = self.report.metric_before, largest_drop(self.report.metric_before, self.mode)
+        _check(not (self.min_delta > 0 and scale is not None and scale <= self.min_delta),
                f"min_delta={self.min_delta:g} can never be reached: {self.monitor} measured {before:.4g} before "
                "pruning, so no improvement would ever count", "min_delta is in the metric's units: use e.g. 0.001 "
                "for a tenth of a point of an accuracy logged as a fraction, or 0")

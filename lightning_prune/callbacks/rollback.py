@@ -32,7 +32,7 @@ from lightning_prune.callbacks.structured import StructuredPruning
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.schedules import AdaptiveThresholdPlanner, PruningPlanner
-from lightning_prune.state import StepRecord
+from lightning_prune.state import StepRecord, largest_drop
 from lightning_prune.structural import snapshot as snapshots
 
 TARGETS = ("accuracy", "params", "flops")
@@ -318,7 +318,8 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
                          controller: PruningController) -> None:
         report = controller.report
         before = report.metric_before
-        if self.target == "accuracy" and before is not None and self.mode == "max" and 0 <= before <= self.max_drop:
+        largest = largest_drop(before, self.mode)
+        if self.target == "accuracy" and largest is not None and largest <= self.max_drop:  # type: ignore[operator]
             raise PruningConfigError(
                 f"AdaptiveThresholdRollback(max_drop={self.max_drop:g}) accepts any model: {self.monitor} measured "
                 f"{before:.4g} before pruning, so no drop can exceed max_drop",

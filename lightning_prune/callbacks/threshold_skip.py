@@ -19,7 +19,7 @@ from lightning_prune.callbacks.base import (
 from lightning_prune.callbacks.structured import StructuredPruning
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
-from lightning_prune.state import StepRecord
+from lightning_prune.state import StepRecord, largest_drop
 
 
 def drop(reference: float, current: float, mode: str) -> float:
@@ -127,7 +127,8 @@ class ThresholdSkipFineTune(PruningSatellite, Callback):
                          controller: PruningController) -> None:
         """Refuse a threshold the drop can never reach, before the first surgery."""
         before = controller.report.metric_before
-        if before is not None and self.mode == "max" and 0 <= before < self.threshold:
+        largest = largest_drop(before, self.mode)
+        if largest is not None and largest < self.threshold:
             raise PruningConfigError(
                 f"ThresholdSkipFineTune(threshold={self.threshold:g}) can never be reached: {self.monitor} measured "
                 f"{before:.4g} before pruning, so no step can drop it by more than {before:.4g} and no step "

@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_prune._logging import info
 from lightning_prune.errors import PruningConfigError
+from lightning_prune.state import largest_drop
 from lightning_prune.tuning import config as configs
 from lightning_prune.tuning import pipeline
 from lightning_prune.tuning import storage as storages
@@ -182,7 +183,8 @@ class _Objective:
             raise
         for key, value in outcome.to_dict().items():
             trial.set_user_attr(key, value)
-        if outcome.mode == "max" and 0 <= outcome.metric_before <= self.opts.max_drop:
+        largest = largest_drop(outcome.metric_before, outcome.mode)
+        if largest is not None and largest <= self.opts.max_drop:
             raise PruningConfigError(
                 f"max_drop={self.opts.max_drop:g} allows any drop: the monitored metric measured "
                 f"{outcome.metric_before:.4g} before pruning in trial #{trial.number}",
