@@ -41,7 +41,7 @@ def run_config(config: str, extra: list[str], out: Path) -> dict[str, Any]:
         "device": str(cli.model.device), "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": lightning.__version__,
         "wall_seconds": wall, "test": tested[0] if tested else {},
-        "val_from": getattr(cli.datamodule, "val_from", None),
+        "val_from": getattr(cli.datamodule, "val_from", "train"),  # a DataModule without it: its own split
     }
     if controller is not None:
         row.update(controller.report.totals())
