@@ -230,6 +230,10 @@ class GradualReport:
     #: Prunes done and planned (one at the start of each pruning epoch).
     prunes_done: int = 0
     prunes_planned: int = 0
+    #: The epoch of the best validation at full sparsity, and whether the weights handed back are its
+    #: (``restore_best``); ``metric_after`` is then that epoch's score.
+    best_epoch: int | None = None
+    restored_best: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""

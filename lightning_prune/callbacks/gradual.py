@@ -13,10 +13,11 @@ from typing_extensions import override
 
 from lightning_prune import _lightning, evaluation
 from lightning_prune._logging import info
+from lightning_prune.callbacks import _gradual_checks as checks
 from lightning_prune.callbacks.base import PruningController, check_resume_hparams
 from lightning_prune.errors import check as _check
 from lightning_prune.sparse import save_sparse
-from lightning_prune.state import GradualPhase, GradualReport, Patience, largest_drop
+from lightning_prune.state import GradualPhase, GradualReport, Patience
 from lightning_prune.structural import masks as M
 from lightning_prune.structural import snapshot as snapshots
 from lightning_prune.summary import gradual_summary
@@ -30,10 +31,6 @@ DEFAULT_FINETUNE_OPTIMIZER: dict[str, Any] = {"name": "sgd", "lr": 1e-4, "moment
 Phase = GradualPhase
 
 
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 class GradualMagnitudePruning(PruningController):
     """Gradual unstructured magnitude pruning, then training to convergence, then pruned fine-tuning.
 
@@ -41,9 +38,10 @@ class GradualMagnitudePruning(PruningController):
 
     1. ``pretrain_epochs`` plain epochs (0 for a pretrained model);
     2. **prune**: ``pruning_epochs`` epochs; at the start of each the weights are pruned to the next
-       sparsity of :func:`~lightning_prune.structural.masks.linear_sparsity_schedule` (``s/E, 2s/E,
-       ..., s``) by magnitude, over all prunable weights (``scope="global"``) or per tensor
-       (``"layerwise"``). ``SimulatedPruning`` works during these epochs only;
+       sparsity of the ``schedule`` (``"linear"``: ``s/E, 2s/E, ..., s``, the paper's; ``"cubic"``: Zhu &
+       Gupta's, big steps first, :func:`~lightning_prune.structural.masks.cubic_sparsity_schedule`) by
+       magnitude, over all prunable weights (``scope="global"``) or per tensor (``"layerwise"``).
+       ``SimulatedPruning`` works during these epochs only;
     3. **converge**: training goes on until ``monitor`` has not improved for ``patience``
        validations, counted from the last pruning epoch (the first at full sparsity);
     4. **finetune** (``finetune=True``): satellites hear ``on_phase_change("finetune")`` (a
@@ -52,7 +50,9 @@ class GradualMagnitudePruning(PruningController):
        LR schedulers are dropped) and training goes on until ``monitor`` has not improved on the
        score at the switch for ``finetune_patience`` validations; then the controller stops the Trainer.
 
-    The Trainer's ``max_epochs`` is extended as needed; ``max_epochs`` here caps the whole run.
+    The Trainer's ``max_epochs`` is extended as needed; ``max_epochs`` here caps the whole run. With
+    ``restore_best`` the weights handed back are those of the best validation at full sparsity (masks
+    unchanged), wherever the run ends; ``report.best_epoch`` names it.
 
     Masks are ``bool`` tensors keyed by parameter name, kept by this callback (and in its checkpoint
     state); parameters keep their names, shapes and ``state_dict`` keys. Pruned weights are exact
@@ -63,7 +63,8 @@ class GradualMagnitudePruning(PruningController):
 
     Args:
         sparsity: Final fraction of prunable weights set to zero, in (0, 1).
-        pruning_epochs: Epochs over which sparsity rises linearly (one prune at the start of each).
+        pruning_epochs: Epochs over which sparsity rises (one prune at the start of each).
+        schedule: How it rises: ``"linear"`` (DG2PF) or ``"cubic"`` (Zhu & Gupta's gradual pruning).
         scope: ``"global"`` (one magnitude ranking over all prunable weights) or ``"layerwise"``.
         monitor: The metric the module logs in validation, e.g. ``"val_acc"``.
         mode: ``"max"`` if higher ``monitor`` is better, else ``"min"``.
@@ -83,6 +84,8 @@ class GradualMagnitudePruning(PruningController):
         eval_batches: Measure the metric before pruning on this many validation batches (``None``: all).
         output_dir: Where ``report.json`` and ``sparse_model.pt`` go (default: ``trainer.log_dir``).
         save_sparse_model: Write ``sparse_model.pt`` (bitmask + values) and its size to the report.
+        restore_best: At the end, put back the weights of the best validation at full sparsity (a CPU
+            copy is kept, and saved in checkpoints); ``False`` hands back the last epoch's weights.
 
     Example:
         >>> from lightning_prune import GradualMagnitudePruning, SelfDistillation, SimulatedPruning
@@ -100,6 +103,7 @@ class GradualMagnitudePruning(PruningController):
         self,
         sparsity: float = 0.9,
         pruning_epochs: int = 15,
+        schedule: str = "linear",
         scope: str = "global",
         monitor: str = "val_acc",
         mode: str = "max",
@@ -116,44 +120,26 @@ class GradualMagnitudePruning(PruningController):
         eval_batches: int | None = None,
         output_dir: str | None = None,
         save_sparse_model: bool = True,
+        restore_best: bool = True,
     ) -> None:
         super().__init__()
-        _check(isinstance(sparsity, float | int) and not isinstance(sparsity, bool) and 0 < sparsity < 1,
-               f"sparsity={sparsity!r} is outside (0, 1)", "use e.g. sparsity=0.9 to zero 90 % of the weights")
-        _check(_is_int(pruning_epochs, 1), f"pruning_epochs={pruning_epochs!r} must be an integer >= 1",
-               "use e.g. pruning_epochs=15 (the paper), or 1 for one-shot pruning")
-        _check(scope in M.SCOPES, f"scope={scope!r} is unknown; valid: {', '.join(M.SCOPES)}",
-               "use scope='global' (the paper) or 'layerwise'")
-        _check(isinstance(monitor, str) and bool(monitor), f"monitor={monitor!r} must be a metric name",
-               "use the name your validation_step logs, e.g. 'val_acc'")
-        _check(mode in ("min", "max"), f"mode={mode!r} is unknown; valid: min, max", "use mode='max' for accuracy")
-        _check(_is_int(patience, 0), f"patience={patience!r} must be an integer >= 0", "use e.g. patience=4")
-        _check(isinstance(min_delta, float | int) and min_delta >= 0, f"min_delta={min_delta!r} must be >= 0",
-               "use e.g. min_delta=0.0")
-        _check(_is_int(pretrain_epochs, 0), f"pretrain_epochs={pretrain_epochs!r} must be an integer >= 0",
-               "use 0 for a pretrained model")
-        _check(finetune_patience is None or _is_int(finetune_patience, 1),
-               f"finetune_patience={finetune_patience!r} must be None or an integer >= 1",
-               "use e.g. finetune_patience=4")
-        _check(max_epochs is None or _is_int(max_epochs, 1),
-               f"max_epochs={max_epochs!r} must be None or an integer >= 1",
-               "use e.g. max_epochs=100 (the paper's cap), or None")
-        _check(eval_batches is None or _is_int(eval_batches, 1),
-               f"eval_batches={eval_batches!r} must be None or an integer >= 1", "use None to validate on all batches")
         ignored = [ignored_layers] if isinstance(ignored_layers, str) else list(ignored_layers or [])
-        _check(all(isinstance(p, str) and p for p in ignored), f"ignored_layers={ignored_layers!r} must be names",
-               "pass a list of module/parameter names or glob patterns, e.g. ['model.linear']")
+        checks.check_arguments(sparsity=sparsity, pruning_epochs=pruning_epochs, schedule=schedule, scope=scope,
+                               monitor=monitor, mode=mode, patience=patience, min_delta=min_delta, ignored=ignored,
+                               pretrain_epochs=pretrain_epochs, finetune_patience=finetune_patience,
+                               max_epochs=max_epochs, eval_batches=eval_batches, restore_best=restore_best)
         sgd = {k: v for k, v in DEFAULT_FINETUNE_OPTIMIZER.items() if k != "name"}
         self.finetune_spec = (_lightning.optimizer_spec(finetune_optimizer, sgd, "finetune_optimizer") if finetune
                               else ("sgd", {}))
         self.sparsity, self.pruning_epochs, self.scope = float(sparsity), pruning_epochs, scope
+        self.schedule_kind, self.restore_best = schedule, restore_best
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
         self.pretrain_epochs, self.include_bias, self.include_norm = pretrain_epochs, include_bias, include_norm
         self.ignored_layers, self.finetune = ignored, finetune
         self.finetune_patience = finetune_patience if finetune_patience is not None else max(patience, 1)
         self.max_epochs, self.eval_batches = max_epochs, eval_batches
         self.output_dir, self.save_sparse_model = output_dir, save_sparse_model
-        self.schedule = M.linear_sparsity_schedule(self.sparsity, pruning_epochs)
+        self.schedule = M.sparsity_schedule(schedule, self.sparsity, pruning_epochs)
         self.report = GradualReport(target_sparsity=self.sparsity, scope=scope, schedule=list(self.schedule),
                                     monitor=monitor, prunes_planned=pruning_epochs)
         self._phase = Phase.PRETRAIN
@@ -167,6 +153,7 @@ class GradualMagnitudePruning(PruningController):
         self._epoch_phase: GradualPhase | None = None
         self._epoch_started: float | None = None
         self._elapsed_before = 0.0
+        self._best = snapshots.BestWeights(mode)
 
     # ------------------------------------------------------------------ public state
     @property
@@ -191,7 +178,8 @@ class GradualMagnitudePruning(PruningController):
 
     def _hparams(self) -> dict[str, Any]:
         return {
-            "sparsity": self.sparsity, "pruning_epochs": self.pruning_epochs, "scope": self.scope,
+            "sparsity": self.sparsity, "pruning_epochs": self.pruning_epochs, "schedule": self.schedule_kind,
+            "scope": self.scope, "restore_best": self.restore_best,
             "monitor": self.monitor, "mode": self.mode, "patience": self.patience, "min_delta": self.min_delta,
             "pretrain_epochs": self.pretrain_epochs, "include_bias": self.include_bias,
             "include_norm": self.include_norm, "ignored_layers": self.ignored_layers, "finetune": self.finetune,
@@ -208,6 +196,7 @@ class GradualMagnitudePruning(PruningController):
             "switched": self._switched, "started_epoch": self._started_epoch,
             "masks": {name: mask.detach().cpu().clone() for name, mask in self._masks.items()},
             "report": self.report.to_dict(), "seconds_elapsed": self._elapsed(),
+            "best_weights": self._best.state_dict(),
         }
 
     @override
@@ -223,6 +212,8 @@ class GradualMagnitudePruning(PruningController):
         self._masks = {name: mask.bool() for name, mask in state_dict["masks"].items()}
         self.report = GradualReport.from_dict(state_dict["report"])
         self._elapsed_before = float(state_dict["seconds_elapsed"])
+        if "best_weights" in state_dict:
+            self._best.load_state_dict(state_dict["best_weights"])
         self._clock_start = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -237,13 +228,8 @@ class GradualMagnitudePruning(PruningController):
         if stage != "fit":
             return
         self._setup_controller(trainer, pl_module)
-        names = [n for n, _ in pl_module.named_modules() if n] + [n for n, _ in pl_module.named_parameters()]
-        unmatched = [p for p in self.ignored_layers if not any(M.name_matches(n, [p]) for n in names)]
-        _check(not unmatched, f"ignored_layers {unmatched} match no module or parameter of {type(pl_module).__name__}",
-               f"names look like {', '.join(names[:4])}, ...; glob patterns such as 'model.layer3.*' work")
         self._params = self._prunable(pl_module)
-        _check(bool(self._params), f"nothing to prune in {type(pl_module).__name__}: no conv or linear weights "
-               "outside ignored_layers", "narrow ignored_layers, or set include_norm/include_bias")
+        checks.check_module(pl_module, self.ignored_layers, self._params)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -305,6 +291,8 @@ class GradualMagnitudePruning(PruningController):
         target = self.schedule[self._prunes_done - 1] if self._prunes_done else 0.0
         self.report.history.append({"epoch": epoch, "phase": self._epoch_phase.value, "target_sparsity": target,
                                     "sparsity": self._overall_sparsity(), "metric": value})
+        if self.restore_best and self._prunes_done == self.pruning_epochs:  # at full sparsity: a candidate
+            self._best.offer(epoch, value, pl_module)
         if self._phase is Phase.PRUNE and self._prunes_done == self.pruning_epochs:
             self._enter(trainer, pl_module, Phase.CONVERGE, value)  # counting starts at full sparsity
             if self.patience == 0:
@@ -338,6 +326,7 @@ class GradualMagnitudePruning(PruningController):
             info(f"[lightning_prune] the fit stopped before the pruning plan was complete "
                  f"({self.report.stop_reason}): {self._prunes_done} of {self.pruning_epochs} prunes done, "
                  f"phase {self._phase.value}")
+        self._restore_best(pl_module)
         self._summarise()
         if not trainer.is_global_zero:
             return
@@ -399,11 +388,7 @@ class GradualMagnitudePruning(PruningController):
             self.report.metric_before = self._last_val[1]
         else:
             self.report.metric_before = self.measure(trainer)
-        before, scale = self.report.metric_before, largest_drop(self.report.metric_before, self.mode)
-        _check(not (self.min_delta > 0 and scale is not None and scale <= self.min_delta),
-               f"min_delta={self.min_delta:g} can never be reached: {self.monitor} measured {before:.4g} before "
-               "pruning, so no improvement would ever count", "min_delta is in the metric's units: use e.g. 0.001 "
-               "for a tenth of a point of an accuracy logged as a fraction, or 0")
+        checks.check_min_delta(self.min_delta, self.report.metric_before, self.mode, self.monitor)
         info(f"[lightning_prune] {self.monitor} before pruning: {self.report.metric_before:.4f}; "
              f"{len(self._params)} tensors, {sum(p.numel() for p in self._params.values()):,} prunable weights")
         self._dispatch("on_pruning_start", trainer, pl_module)
@@ -453,8 +438,21 @@ class GradualMagnitudePruning(PruningController):
             info(f"[lightning_prune] epoch {trainer.current_epoch}: done")
         _lightning.end_on_should_stop(trainer)
 
+    def _restore_best(self, pl_module: pl.LightningModule) -> None:
+        """Hand back the best validated weights at full sparsity (every rank decides alike: the value is broadcast)."""
+        best = self._best
+        if best.epoch is None or self._last_val is None:
+            return
+        self.report.best_epoch, self.report.restored_best = best.epoch, True
+        if best.epoch != self._last_val[0]:
+            best.restore(pl_module)
+            M.apply_masks(self._params, self._masks)
+            info(f"[lightning_prune] restored the weights of epoch {best.epoch} ({self.monitor} {best.value:.4f}, "
+                 f"the best at full sparsity; the last epoch, {self._last_val[0]}, had {self._last_val[1]:.4f})")
+
     def _summarise(self) -> None:
         self.report.prunes_done = self._prunes_done
-        self.report.metric_after = self._last_val[1] if self._last_val is not None else None
+        last = self._last_val[1] if self._last_val is not None else None
+        self.report.metric_after = self._best.value if self.report.restored_best else last
         self.report.sparsity = M.sparsity_stats(self._params)
         self.report.seconds_total = self._elapsed()

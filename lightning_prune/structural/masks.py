@@ -27,14 +27,17 @@ from torch import Tensor, nn
 __all__ = [
     "CONV_LINEAR_TYPES",
     "NORM_TYPES",
+    "SPARSITY_SCHEDULES",
     "apply_masks",
+    "cubic_sparsity_schedule",
     "linear_sparsity_schedule",
-    "name_matches",
     "magnitude_masks",
     "mask_gradients",
     "mask_optimizer_state",
+    "name_matches",
     "prunable_parameters",
     "simulated_masks",
+    "sparsity_schedule",
     "sparsity_stats",
 ]
 
@@ -43,6 +46,8 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
 )
 SCOPES = ("global", "layerwise")
+#: How sparsity rises over the pruning epochs: DG2PF's equal steps, or Zhu & Gupta's cubic curve.
+SPARSITY_SCHEDULES = ("linear", "cubic")
 
 
 def prunable_parameters(
@@ -72,9 +77,7 @@ def prunable_parameters(
     """
     chosen: dict[str, nn.Parameter] = {}
     for module_name, module in model.named_modules():
-        if isinstance(module, CONV_LINEAR_TYPES):
-            kinds = ("weight", "bias") if include_bias else ("weight",)
-        elif include_norm and isinstance(module, NORM_TYPES):
+        if isinstance(module, CONV_LINEAR_TYPES) or include_norm and isinstance(module, NORM_TYPES):
             kinds = ("weight", "bias") if include_bias else ("weight",)
         else:
             continue
@@ -105,6 +108,30 @@ def linear_sparsity_schedule(sparsity: float, epochs: int) -> list[float]:
         [0.3, 0.6, 0.9]
     """
     return [round(sparsity * (i + 1) / epochs, 12) for i in range(epochs)]
+
+
+def cubic_sparsity_schedule(sparsity: float, epochs: int) -> list[float]:
+    """Zhu & Gupta's gradual schedule (2017): ``s * (1 - (1 - i / epochs) ** 3)`` for ``i = 1..epochs``.
+
+    Big prunes first, while many redundant weights remain, and ever smaller ones as the target
+    nears, so the last epochs at almost full sparsity have the most training left to recover. Like
+    the linear schedule it ends exactly at ``s``, one prune at the start of each pruning epoch.
+
+    Example:
+        >>> cubic_sparsity_schedule(0.9, 3)
+        [0.633333333333, 0.866666666667, 0.9]
+    """
+    return [round(sparsity * (1.0 - (1.0 - (i + 1) / epochs) ** 3), 12) for i in range(epochs)]
+
+
+def sparsity_schedule(kind: str, sparsity: float, epochs: int) -> list[float]:
+    """The targets of schedule ``kind`` (one of :data:`SPARSITY_SCHEDULES`).
+
+    Example:
+        >>> sparsity_schedule("linear", 0.5, 2)
+        [0.25, 0.5]
+    """
+    return {"linear": linear_sparsity_schedule, "cubic": cubic_sparsity_schedule}[kind](sparsity, epochs)
 
 
 def _ranked(scores: Tensor, count: int) -> Tensor:

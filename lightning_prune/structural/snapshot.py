@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -173,3 +174,63 @@ def transaction(model: nn.Module) -> Iterator[None]:
                 if tensor.requires_grad != requires_grad and tensor.is_leaf:
                     tensor.requires_grad_(requires_grad)
         raise
+
+
+class BestWeights:
+    """The model's state at its best validation score so far: a CPU snapshot, restored in place.
+
+    Restoring copies the saved values into the model's own tensors (``load_state_dict``), so the
+    parameter objects, and with them optimizer references and hooks, stay the same; it is meant for
+    a model whose structure does not change between the snapshot and the restore (unstructured
+    pruning). Ties keep the earlier snapshot; a NaN score never counts as best.
+
+    Example:
+        >>> net = nn.Linear(2, 1, bias=False)
+        >>> best = BestWeights(mode="max")
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(1.0)
+        >>> best.offer(epoch=3, value=0.9, model=net), best.offer(epoch=4, value=0.8, model=net)
+        (True, False)
+        >>> with torch.no_grad():
+        ...     _ = net.weight.fill_(2.0)
+        >>> best.restore(net)
+        >>> net.weight.tolist(), best.epoch, best.value
+        ([[1.0, 1.0]], 3, 0.9)
+    """
+
+    def __init__(self, mode: str = "max") -> None:
+        if mode not in ("min", "max"):
+            raise PruningConfigError(f"mode={mode!r} is unknown; valid: min, max", hint="use mode='max' for accuracy")
+        self.mode = mode
+        self.epoch: int | None = None
+        self.value: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def is_better(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far (strictly; NaN never does)."""
+        if math.isnan(value):
+            return False
+        if self.value is None:
+            return True
+        return value > self.value if self.mode == "max" else value < self.value
+
+    def offer(self, epoch: int, value: float, model: nn.Module) -> bool:
+        """Keep ``model``'s state if ``value`` is the best so far; returns whether it was kept."""
+        if not self.is_better(value):
+            return False
+        self.epoch, self.value, self.state = epoch, float(value), capture(model)
+        return True
+
+    def restore(self, model: nn.Module) -> None:
+        """Copy the best state back into ``model``'s own tensors (nothing happens without one)."""
+        if self.state is not None:
+            with torch.no_grad():
+                model.load_state_dict(self.state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """For a checkpoint: the epoch, the score and the weights (CPU tensors)."""
+        return {"epoch": self.epoch, "value": self.value, "state": self.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.epoch, self.value, self.state = state["epoch"], state["value"], state["state"]

@@ -97,6 +97,8 @@ BAD = [
     (GradualMagnitudePruning, {"finetune_patience": 0}, "finetune_patience=0"),
     (GradualMagnitudePruning, {"max_epochs": 0}, "max_epochs=0"),
     (GradualMagnitudePruning, {"eval_batches": 0}, "eval_batches=0"),
+    (GradualMagnitudePruning, {"schedule": "exponential"}, "schedule='exponential'"),
+    (GradualMagnitudePruning, {"restore_best": "yes"}, "restore_best='yes'"),
     (GradualMagnitudePruning, {"ignored_layers": [""]}, "ignored_layers"),
     (GradualMagnitudePruning, {"finetune_optimizer": {"name": "lbfgs2"}}, "cannot be built"),
     (GradualMagnitudePruning, {"finetune_optimizer": {"lr": -1.0}}, "cannot be built"),
@@ -174,6 +176,17 @@ def test_global_and_layerwise_masks_reach_the_target() -> None:
     more = M.magnitude_masks(params, 0.9, "global", glob)
     assert all(bool((more[n] <= glob[n]).all()) for n in glob)  # masks only shrink
     assert M.linear_sparsity_schedule(0.9, 3) == [0.3, 0.6, 0.9]
+
+
+def test_cubic_schedule_takes_big_steps_first_and_ends_at_the_target() -> None:
+    cubic = M.cubic_sparsity_schedule(0.9, 5)
+    assert cubic == pytest.approx([0.9 * (1 - (1 - i / 5) ** 3) for i in range(1, 6)])
+    assert cubic[-1] == 0.9 and cubic[0] == pytest.approx(0.4392)
+    steps = [b - a for a, b in zip([0.0, *cubic], cubic)]
+    assert steps == sorted(steps, reverse=True)  # every prune smaller than the one before
+    assert all(c >= lin for c, lin in zip(cubic, M.linear_sparsity_schedule(0.9, 5)))
+    assert GradualMagnitudePruning(sparsity=0.9, pruning_epochs=5, schedule="cubic").schedule == cubic
+    assert GradualMagnitudePruning(sparsity=0.9, pruning_epochs=5).schedule == M.linear_sparsity_schedule(0.9, 5)
 
 
 # ---------------------------------------------------------------------- training
@@ -260,6 +273,52 @@ def test_finetune_with_another_optimizer_and_max_epochs_cap() -> None:
     assert trainer.current_epoch == 3 and pruning.phase == "done"
     assert [o[0] for o in recorder.optimizers] == ["SGD", "AdamW", "AdamW"]
     assert recorder.optimizers[1][1]["lr"] == 1e-3
+
+
+def test_cubic_schedule_is_followed_epoch_by_epoch() -> None:
+    recorder = Recorder()
+    pruning = GradualMagnitudePruning(sparsity=0.75, pruning_epochs=3, schedule="cubic", patience=0,
+                                      finetune=False, save_sparse_model=False)
+    fit(Scripted([0.5] * 4), pruning, recorder)
+    assert recorder.start == pytest.approx(M.cubic_sparsity_schedule(0.75, 3), abs=2e-4)
+    assert pruning.report.schedule == M.cubic_sparsity_schedule(0.75, 3)
+
+
+class Weights(Callback):
+    """The module's state after each validation, by epoch."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.by_epoch[trainer.current_epoch] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_the_best_validated_weights_at_full_sparsity_are_handed_back(tmp_path: Path, restore_best: bool) -> None:
+    # epochs: 0 prune, 1 prune (full sparsity, 0.6), 2 converge 0.9 (best), 3 - (switch at 0.7), 4 finetune 0.8,
+    # 5 -, 6 - (stop). Epoch 0 scores higher (0.95) but is not at full sparsity, so it never counts.
+    script = [0.95, 0.6, 0.9, 0.7, 0.8, 0.75, 0.75]
+    weights = Weights()
+    module = Scripted(script)
+    pruning = GradualMagnitudePruning(sparsity=0.6, pruning_epochs=2, patience=1, finetune_patience=2,
+                                      restore_best=restore_best, output_dir=str(tmp_path))
+    fit(module, pruning, weights)
+    assert pruning.phase == "done" and sorted(weights.by_epoch) == [0, 1, 2, 3, 4, 5, 6]
+    final = module.state_dict()
+    expected = weights.by_epoch[2 if restore_best else 6]
+    assert all(torch.equal(final[k], expected[k]) for k in final)
+    assert not all(torch.equal(final[k], weights.by_epoch[6][k]) for k in final) is restore_best
+    for name, mask in pruning.masks.items():  # the masks still hold
+        assert not pruning.parameters[name][~mask].any(), name
+    assert M.sparsity_stats(pruning.parameters)["overall"] == pytest.approx(0.6, abs=2e-4)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["restored_best"] is restore_best
+    assert report["best_epoch"] == (2 if restore_best else None)
+    assert report["metric_after"] == pytest.approx(0.9 if restore_best else 0.75)
+    reloaded = load_sparse(tmp_path / "sparse_model.pt")  # the file holds the weights handed back
+    assert all(torch.equal(reloaded[k], final[k]) for k in reloaded)
 
 
 def test_epochs_without_validation_still_follow_the_schedule() -> None:

@@ -73,6 +73,10 @@ def test_uninterrupted_run_follows_the_script(uninterrupted: Run) -> None:
     assert uninterrupted.trainer.current_epoch == 7
     assert type(uninterrupted.trainer.optimizers[0]).__name__ == "SGD"
     assert uninterrupted.trainer.optimizers[0].param_groups[0]["lr"] == 1e-4
+    # epoch 5 (0.8) is the best at full sparsity, epoch 6 (0.7) the last: epoch 5's weights are handed back, so a
+    # resume from a crash in epoch 6 must bring them back from the checkpoint
+    report = uninterrupted.pruning.report
+    assert (report.best_epoch, report.restored_best, report.metric_after) == (5, True, pytest.approx(0.8))
 
 
 @pytest.mark.parametrize("crash_epoch", [2, 3, 5, 6], ids=["prune", "converge", "finetune-first", "finetune-later"])
@@ -95,6 +99,7 @@ def test_state_key_round_trip_and_pickle(tmp_path: Path, uninterrupted: Run) -> 
     assert state["phase"] == "prune" and state["prunes_done"] == 1
     assert all(m.dtype == torch.bool and m.device.type == "cpu" for m in state["masks"].values())
     assert "model.conv1.weight" in state["masks"]
+    assert state["best_weights"] == {"epoch": None, "value": None, "state": None}  # full sparsity comes at epoch 2
     with pytest.raises(PruningConfigError, match=r"patience=4 \(the checkpoint has patience=1\)"):
         GradualMagnitudePruning(sparsity=0.5, pruning_epochs=2).load_state_dict(state)
     fresh = GradualMagnitudePruning(sparsity=0.5, pruning_epochs=2, pretrain_epochs=1, patience=1,
