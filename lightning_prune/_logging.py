@@ -17,3 +17,9 @@ if not logging.getLogger().handlers and not log.handlers:  # a user's logging co
 def info(message: str) -> None:
     """Log ``message`` at INFO level, on global rank zero only."""
     log.info(message)
+
+
+@rank_zero_only
+def warn(message: str) -> None:
+    """Log ``message`` at WARNING level, on global rank zero only: a result the user should not miss."""
+    log.warning(message)

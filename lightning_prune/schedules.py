@@ -237,6 +237,27 @@ def below_threshold(scores: torch.Tensor, threshold: float) -> list[int]:
     return idxs
 
 
+def smallest_pruning_threshold(scores: Mapping[str, torch.Tensor], sizes: Mapping[str, float]) -> float | None:
+    """The smallest global ``T`` at which some layer's threshold ``T * N_i / N_total`` reaches a score.
+
+    Layers with one channel (which always keeps its best filter) or no size do not count; ``None``
+    when no layer can lose a filter.
+
+    Example:
+        >>> round(smallest_pruning_threshold({"a": torch.tensor([0.4, 0.9]), "b": torch.tensor([0.3, 0.5])},
+        ...                                  {"a": 3.0, "b": 1.0}), 4)
+        0.5333
+    """
+    total = float(sum(sizes.values()))
+    found = [float(values.min()) * total / sizes[name] for name, values in scores.items()
+             if values.numel() > 1 and sizes.get(name, 0) > 0]
+    # a hair above, so that T * N_i / N_total is not rounded just under the score it is meant to reach
+    if not found or total <= 0:
+        return None
+    lowest = min(found)
+    return lowest + max(abs(lowest) * 1e-9, 1e-12)
+
+
 class AdaptiveThresholdPlanner(PruningPlanner):
     """AAP's open-ended plan: every round, in every layer, the filters scoring ``<= T * N_i / N_total``.
 
@@ -259,6 +280,7 @@ class AdaptiveThresholdPlanner(PruningPlanner):
         self.finished = False
         self.spatial: dict[str, int] = {}
         self.last_layer_thresholds: dict[str, float] = {}
+        self.raised_from: float | None = None
 
     def num_steps(self) -> None:
         return None
@@ -276,10 +298,24 @@ class AdaptiveThresholdPlanner(PruningPlanner):
         return float(layer.module.weight.numel() * self.spatial.get(layer.name, 1))
 
     def plan(self, step: int, layers: Mapping[str, LayerInfo], scores: Mapping[str, torch.Tensor]) -> StepPlan:
+        """The filters at or under their layer's threshold; never an empty round.
+
+        Where ``T`` would remove nothing (below every layer's smallest score, e.g. ``T <= 0``), it is
+        raised to :func:`smallest_pruning_threshold`, the smallest ``T`` that removes a filter, and
+        :attr:`raised_from` keeps the ``T`` asked for (``None`` when ``T`` was used as it was).
+        """
         names = [name for name in self.original if name in layers]
         sizes = {name: self.layer_size(layers[name]) for name in names}
         self.last_layer_thresholds = layer_thresholds(self.threshold, sizes)
-        return {name: below_threshold(scores[name], self.last_layer_thresholds[name]) for name in names}
+        plan = {name: below_threshold(scores[name], self.last_layer_thresholds[name]) for name in names}
+        self.raised_from = None
+        if not any(plan.values()):
+            lowest = smallest_pruning_threshold({n: scores[n] for n in names}, sizes)
+            if lowest is not None and lowest > self.threshold:
+                self.raised_from, self.threshold = self.threshold, lowest
+                self.last_layer_thresholds = layer_thresholds(self.threshold, sizes)
+                plan = {name: below_threshold(scores[name], self.last_layer_thresholds[name]) for name in names}
+        return plan
 
 
 # ---------------------------------------------------------------------------------------- ICE eq. 1

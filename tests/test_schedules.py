@@ -19,6 +19,7 @@ from lightning_prune.schedules import (
     lowest,
     make_planner,
     pruning_aware_lr,
+    smallest_pruning_threshold,
 )
 
 
@@ -116,6 +117,31 @@ def test_adaptive_planner_owns_T_and_lambda_and_weights_layers_by_size() -> None
     planner.finished = True
     assert planner.is_done(0)
     assert "threshold" not in planner.state_dict()  # a restored plan snapshot does not move T
+
+
+@pytest.mark.parametrize("threshold", [0.0, -0.5])
+def test_adaptive_planner_never_plans_an_empty_round(threshold: float) -> None:
+    """A T under every score (0 or negative, as rollbacks from round 0 give) is raised to the smallest that prunes."""
+    planner = AdaptiveThresholdPlanner(threshold=threshold, lam=1.0)
+    planner.setup(LAYERS)
+    layers = {layer.name: layer for layer in LAYERS}
+    scores = {name: values + 1.0 for name, values in scores_by_index(LAYERS).items()}  # every score >= 1
+    plan = planner.plan(0, layers, scores)
+    sizes = {name: float(layer.group_params) for name, layer in layers.items()}
+    lowest = smallest_pruning_threshold(scores, sizes)
+    assert planner.raised_from == threshold and planner.threshold == lowest
+    assert sum(len(idxs) for idxs in plan.values()) >= 1
+    assert all(idxs in ([], [0]) for idxs in plan.values())  # only filters scoring the smallest value go
+    planner.threshold = 10.0 * lowest  # a T that prunes: used as it is
+    planner.plan(1, layers, scores)
+    assert planner.raised_from is None and planner.threshold == 10.0 * lowest
+
+
+def test_smallest_pruning_threshold_skips_layers_that_cannot_lose_a_filter() -> None:
+    assert smallest_pruning_threshold({"a": torch.tensor([2.0]), "b": torch.tensor([1.0, 3.0])},
+                                      {"a": 1.0, "b": 1.0}) == pytest.approx(2.0)
+    assert smallest_pruning_threshold({"a": torch.tensor([2.0])}, {"a": 1.0}) is None
+    assert smallest_pruning_threshold({"a": torch.tensor([-1.0, 0.0])}, {"a": 1.0}) == pytest.approx(-1.0)
 
 
 def test_adaptive_planner_flops_weighting_uses_the_output_positions() -> None:

@@ -18,7 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_prune._logging import info
+from lightning_prune._logging import info, warn
+from lightning_prune.callbacks._rollback_checks import check_arguments
 from lightning_prune.callbacks.base import (
     PruningController,
     PruningSatellite,
@@ -35,17 +36,7 @@ from lightning_prune.schedules import AdaptiveThresholdPlanner, PruningPlanner
 from lightning_prune.state import StepRecord, largest_drop
 from lightning_prune.structural import snapshot as snapshots
 
-TARGETS = ("accuracy", "params", "flops")
-REWINDS = ("none", "lr", "weights")
 _EPS = 1e-12
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class AdaptiveThresholdRollback(PruningSatellite, Callback):
@@ -57,7 +48,11 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
     own weights plus the BatchNorm and next-layer inputs they take with them) or its MACs, then
     retrains ``epochs_per_round`` epochs and evaluates. Thresholds are in the criterion's units (for
     attention, the scale of the post-ReLU activations), so choose ``lambda_init`` relative to typical
-    scores. A layer always keeps its best-scoring filter.
+    scores. A layer always keeps its best-scoring filter. No round is empty: a ``T`` at which no filter
+    would go (``T <= 0`` at the start; a retry after a rollback that would prune nothing new) is raised
+    to the smallest ``T`` that prunes one, and the round records that ``T``, so no retraining is spent
+    on an unchanged model. If every pruned round is unacceptable, a warning says so, with the smallest
+    drop seen and what to change.
 
     Acceptable round (see ``target``): ``T += lambda``. Unacceptable: roll back structure, weights,
     optimizer state, ``T`` and ``lambda`` exactly to the last acceptable round ``k`` (kept as a CPU
@@ -96,7 +91,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         max_drop: Accuracy target: the largest acceptable drop, in the metric's units (>= 0).
         param_reduction: Params target: fraction of parameters to remove, in (0, 1).
         flops_reduction: FLOPs target: fraction of MACs to remove, in (0, 1).
-        threshold_init: ``T`` of the first round (0: only filters scoring 0 go).
+        threshold_init: ``T`` of the first round (0: only filters scoring 0 go, else the lowest-scoring).
         lambda_init: The first step of ``T`` (paper 0.005, the authors' code 1.0, ICE's re-run 0.2).
         max_rollbacks: Rollbacks to one round before it is marked unacceptable.
         convergence_tol: Relative size change under which a round counts as converged.
@@ -141,38 +136,11 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         rewind: str = "lr",
         layer_weighting: str | None = None,
     ) -> None:
-        _check(monitor is None or (isinstance(monitor, str) and bool(monitor)),
-               f"monitor={monitor!r} must be a metric name", "use the name your validation_step logs, or leave it unset")
-        _check(mode in (None, "min", "max"), f"mode={mode!r} is unknown; valid: min, max",
-               "use mode='max' for accuracy, or leave it unset")
-        _check(target in TARGETS, f"target={target!r} is unknown; valid: {', '.join(TARGETS)}",
-               "use target='accuracy' with max_drop=0.01, or target='params' with param_reduction=0.5")
-        if target == "accuracy":
-            _check(_is_number(max_drop) and max_drop >= 0, f"max_drop={max_drop!r} must be a finite number >= 0",
-                   "max_drop is in the metric's units: 0.01 is one point of accuracy logged as a fraction")
-        for name, value, own in (("param_reduction", param_reduction, "params"), ("flops_reduction", flops_reduction, "flops")):
-            if target == own:
-                _check(_is_number(value) and 0 < value < 1, f"{name}={value!r} must be in (0, 1) for target={own!r}",
-                       f"use e.g. {name}=0.5 to remove half")
-            else:
-                _check(value is None, f"{name}={value!r} is set but target={target!r}",
-                       f"use target={own!r} to aim at {name}, or leave {name} unset")
-        _check(_is_number(threshold_init), f"threshold_init={threshold_init!r} must be a finite number",
-               "use threshold_init=0.0 (the paper's start)")
-        _check(_is_number(lambda_init) and lambda_init > 0, f"lambda_init={lambda_init!r} must be a finite number > 0",
-               "thresholds are in score units: use a fraction of a typical importance score, e.g. 0.2")
-        _check(_is_int(max_rollbacks) and max_rollbacks >= 0, f"max_rollbacks={max_rollbacks!r} must be an integer >= 0",
-               "use max_rollbacks=3 (the paper's)")
-        _check(_is_number(convergence_tol) and convergence_tol >= 0,
-               f"convergence_tol={convergence_tol!r} must be a finite number >= 0", "use convergence_tol=0.001 (0.1 %)")
-        for name, value in (("convergence_rounds", convergence_rounds), ("max_rounds", max_rounds),
-                            ("epochs_per_round", epochs_per_round)):
-            _check(_is_int(value) and value >= 1, f"{name}={value!r} must be an integer >= 1", f"use e.g. {name}=3")
-        _check(rewind in REWINDS, f"rewind={rewind!r} is unknown; valid: {', '.join(REWINDS)}",
-               "use rewind='lr' (fresh optimizer and schedule each round)")
-        _check(layer_weighting in (None, "params", "flops"),
-               f"layer_weighting={layer_weighting!r} is unknown; valid: params, flops",
-               "use 'params' for size targets, 'flops' for the FLOPs target")
+        check_arguments(monitor=monitor, mode=mode, target=target, max_drop=max_drop, param_reduction=param_reduction,
+                        flops_reduction=flops_reduction, threshold_init=threshold_init, lambda_init=lambda_init,
+                        max_rollbacks=max_rollbacks, convergence_tol=convergence_tol,
+                        convergence_rounds=convergence_rounds, max_rounds=max_rounds,
+                        epochs_per_round=epochs_per_round, rewind=rewind, layer_weighting=layer_weighting)
         self.monitor, self.mode, self.target = monitor, mode, target
         self._given = {"monitor": monitor, "mode": mode}
         self.max_drop = float(max_drop) if target == "accuracy" else None
@@ -343,6 +311,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
     def on_step_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: PruningController,
                        record: StepRecord) -> None:
         """After the round's prune, before its retraining: the rewinding."""
+        self._current = None  # the model is no round's snapshot any more: a stop before the verdict restores the best
         if self.rewind == "weights" and self._round0 is not None:
             controller.request(RewindWeights(self._round0["snapshot"]["model"]))
         elif self.rewind == "none" and self._schedulers is not None:
@@ -393,6 +362,9 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
                 self._stop("no acceptable round left")
         self._round += 1
         self.rounds.append(entry)
+        if self.planner.raised_from is not None:
+            info(f"[lightning_prune] AAP round {r}: T {self.planner.raised_from:.4g} would prune nothing; raised to "
+                 f"{entry['threshold']:.4g}, the smallest T that prunes a filter")
         info(f"[lightning_prune] AAP round {r}: T {entry['threshold']:.4g}, params {record.params:,}, "
              f"{self.monitor} {entry['metric'] if entry['metric'] is not None else float('nan'):.4f} -> "
              f"{'acceptable' if entry['acceptable'] else 'rolled back to round ' + str(entry['rolled_back_to'])}")
@@ -414,6 +386,8 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             self._current = best["round"]
         self.final_round = best["round"]
         info(f"[lightning_prune] AAP stopped ({self.stop_reason}); final model: round {best['round']}")
+        if best["round"] == 0 and len(self.rounds) > 1:
+            warn(self._why_nothing_was_pruned())
 
     # ------------------------------------------------------------------ the rule
     def _acceptable(self, controller: PruningController, record: StepRecord) -> bool:
@@ -433,6 +407,22 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         sign = 1.0 if self.mode == "max" else -1.0
         metric = entry["metric"] if entry["metric"] is not None else -sign * math.inf
         return (-entry["size"], sign * metric, entry["round"])
+
+    def _why_nothing_was_pruned(self) -> str:
+        """The warning when every pruned round was unacceptable: what was tried, and what to change."""
+        tried = [r for r in self.rounds[1:] if r["metric"] is not None]
+        what = f"{len(self.rounds) - 1} pruned rounds were all unacceptable ({self.stop_reason})"
+        if self.target != "accuracy" or not tried or self.rounds[0]["metric"] is None:
+            return (f"[lightning_prune] AAP pruned nothing: {what}; the unpruned model is handed back. HINT: lower "
+                    "lambda_init so that a round prunes less")
+        sign = 1.0 if self.mode == "max" else -1.0
+        best = min(tried, key=lambda r: sign * (self.rounds[0]["metric"] - r["metric"]))
+        drop = sign * (self.rounds[0]["metric"] - best["metric"])
+        return (f"[lightning_prune] AAP pruned nothing: {what}. The smallest {self.monitor} drop was {drop:.4g} "
+                f"(round {best['round']}, {best['params']:,} parameters) against max_drop={self.max_drop:g}; the "
+                "unpruned model is handed back. HINT: if round 1's drop comes from retraining rather than pruning "
+                "(a learning rate too high for a trained model), lower the learning rate; else raise max_drop or "
+                "epochs_per_round")
 
     def _stop(self, reason: str) -> None:
         self.planner.finished, self.stop_reason = True, reason

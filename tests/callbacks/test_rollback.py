@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import pickle
 from typing import Any
@@ -142,7 +143,12 @@ def test_acceptable_raises_T_and_unacceptable_rolls_back_exactly() -> None:
     assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
     assert [r["acceptable"] for r in rounds] == [True, True, True, False, True]
     assert [r["rolled_back_to"] for r in rounds] == [None, None, None, 2, None]
-    assert [r["threshold"] for r in rounds] == [None, 0.0, 2.0, 4.0, 3.0]  # T += 2; after rollback T_2 + 2 / 2
+    assert [r["threshold"] for r in rounds[:4]] == [None, 0.0, 2.0, 4.0]  # T += 2
+    # after the rollback T_2 + 2 / 2 = 3 would prune nothing new in round 2's model: raised to the smallest T
+    # that prunes, still under the T that failed
+    # (filters score whole numbers, so the smallest T that prunes removes what round 3 removed: a retry that
+    # cannot prune less than the rejected round, paid for out of max_rollbacks)
+    assert 3.0 < rounds[4]["threshold"] < 4.0 and rounds[4]["params"] == rounds[3]["params"] < rounds[2]["params"]
     assert [r["lambda"] for r in rounds] == [2.0, 2.0, 2.0, 2.0, 1.0]
     # the rollback put back round 2's structure, weights and optimizer state bit for bit
     assert_equal_state(spy.states[2]["model"], spy.states[1]["model"])
@@ -159,11 +165,16 @@ def test_after_max_rollbacks_it_goes_further_back() -> None:
     pruning, _ = fit(module, adaptive)
     rounds = pruning.report.extra["rounds"]
     assert [r["rolled_back_to"] for r in rounds] == [None, None, 1, 0, None]
-    assert [r["threshold"] for r in rounds] == [None, 0.0, 1.0, 0.5, -0.5]  # T_0 = init - lambda; T_0 + 1/2
+    # a T that would prune nothing is raised to the smallest T that prunes a filter, so no round is an empty one:
+    # round 2 asks 1.0 (nothing new scores under 1.0 * N_i / N), round 3 (back at round 1) 1.5, both raised to the
+    # same T; round 4 (back at round 0) asks T_0 + 1/2 = -0.5 (T_0 = init - lambda = -1), raised to just above 0
+    raised = rounds[2]["threshold"]
+    assert rounds[1]["threshold"] == 0.0 and 1.5 < raised < 2.0 and rounds[3]["threshold"] == raised
+    assert 0.0 < rounds[4]["threshold"] < 1e-9
     assert [r["lambda"] for r in rounds] == [1.0, 1.0, 1.0, 0.5, 0.5]
     assert pruning.report.extra["aap"]["marked_unacceptable"] == [1]
-    # round 4 (from round 0, T < 0) pruned nothing: round 1, marked by the rule but within the target, is smaller
-    assert rounds[4]["params"] == rounds[0]["params"] > rounds[1]["params"]
+    assert rounds[4]["params"] == rounds[1]["params"] < rounds[0]["params"]
+    # rounds 1 and 4 are the same size: round 1, marked by the rule but within the target, has the better metric
     assert adaptive.final_round == 1 and conv1_channels(module) == [7, 7, 15]
     # round 1 is not an ancestor of round 4: the report describes round 1's own path and metric
     assert [s.metric_after_finetune for s in pruning.report.steps] == pytest.approx([0.89])
@@ -171,13 +182,19 @@ def test_after_max_rollbacks_it_goes_further_back() -> None:
     assert pruning.report.totals()["params_after"] == rounds[1]["params"] == structure.count_params(module)
 
 
-def test_no_acceptable_round_left_ends_at_round_0() -> None:
-    module = Scripted(script(0.90, [0.5, 0.5]))
+def test_no_acceptable_round_left_ends_at_round_0_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    module = Scripted(script(0.90, [0.5, 0.6]))
     unpruned = copy.deepcopy(module.state_dict())
     adaptive = aap(threshold_init=0.0, lambda_init=1.0, max_rollbacks=1)
-    pruning, _ = fit(module, adaptive)
+    with caplog.at_level(logging.WARNING, logger="lightning_prune"):
+        pruning, _ = fit(module, adaptive)
     rounds = pruning.report.extra["rounds"]
     assert [r["rolled_back_to"] for r in rounds] == [None, 0, None]
+    assert all(r["params"] < rounds[0]["params"] for r in rounds[1:])  # round 2 (T < 0) was raised: not empty
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and "AAP pruned nothing: 2 pruned rounds were all unacceptable" in warning[0]
+    assert "smallest val_acc drop was 0.3 (round 2" in warning[0] and "max_drop=0.05" in warning[0]
+    assert "HINT: if round 1's drop comes from retraining" in warning[0]
     assert adaptive.stop_reason == "no acceptable round left"
     assert pruning.report.extra["aap"]["marked_unacceptable"] == [0]
     assert adaptive.final_round == 0
@@ -188,21 +205,40 @@ def test_no_acceptable_round_left_ends_at_round_0() -> None:
 
 
 def test_convergence_stops_and_the_final_model_is_the_best_acceptable_round() -> None:
-    # round 1 prunes filter 0 everywhere; then T = 1e-3 prunes nothing: three unchanged rounds converge.
-    # round 1 has the best metric among the equally small rounds 1-4, so it is put back.
+    # No round is empty (a T that prunes nothing is raised), so every accepted round removes filters. With
+    # convergence_tol 0.06, rounds that shrink the model by under 6 % count as converged: rounds 2-4 (4-5.5 %
+    # each) end the loop after round 4, the smallest acceptable round, which is the final model.
     module = Scripted(script(0.90, [0.89, 0.86, 0.87, 0.88]))
-    adaptive = aap(threshold_init=0.0, lambda_init=1e-3, convergence_rounds=3, max_rounds=50)
+    adaptive = aap(threshold_init=0.0, lambda_init=1e-3, convergence_rounds=3, convergence_tol=0.06, max_rounds=50)
     spy = Spy(adaptive)
     pruning, _ = fit(module, adaptive, spy)
     rounds = pruning.report.extra["rounds"]
     assert len(rounds) == 5 and adaptive.stop_reason == "converged"
-    assert len({r["params"] for r in rounds[1:]}) == 1
-    assert adaptive.final_round == 1
-    assert_equal_state(module.state_dict(), spy.states[0]["model"])
+    sizes = [r["params"] for r in rounds]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 5  # every round pruned something
+    assert all((a - b) / a <= 0.06 for a, b in zip(sizes[1:], sizes[2:]))
+    assert adaptive.final_round == 4
+    assert_equal_state(module.state_dict(), spy.states[3]["model"])
     totals = pruning.report.totals()
     assert (totals["params_after"], totals["macs_after"], totals["metric_after"]) == (
-        rounds[1]["params"], rounds[1]["macs"], pytest.approx(0.89))
-    assert conv1_channels(module) == [7, 7, 15]
+        rounds[4]["params"], rounds[4]["macs"], pytest.approx(0.88))
+
+
+def test_a_stop_during_a_retry_after_a_rollback_restores_the_best_round() -> None:
+    """Round 3 (after the rollback to round 1) is pruned, then max_steps stops its retraining: the model
+    is round 3's, no round's snapshot, so round 1 must be put back (not left as it is)."""
+    module = Scripted(script(0.90, [0.89, 0.5, 0.88]), lr=0.05)
+    adaptive = aap(threshold_init=0.0, lambda_init=1.0)
+    spy = Spy(adaptive)
+    pruning = StructuredPruning(importance="l1", finetune_epochs=1)
+    train, val = make_data()
+    trainer = make_trainer([pruning, adaptive, spy], max_steps=2 * 4 + 2)  # 4 batches an epoch: 2 rounds, then 2 steps
+    trainer.fit(module, train, val)
+    rounds = pruning.report.extra["rounds"]
+    assert [r["rolled_back_to"] for r in rounds] == [None, None, 1]
+    assert len(pruning.history) == 1 and adaptive.final_round == 1  # round 3's prune was undone
+    assert_equal_state(module.state_dict(), spy.states[0]["model"])
+    assert pruning.report.totals()["params_after"] == rounds[1]["params"] == structure.count_params(module)
 
 
 def test_never_returns_a_rejected_round() -> None:
@@ -316,7 +352,7 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, uninterrupted) -> None
         resumable_run(tmp_path, [Crash(crash_epoch)])
     resumed, resumed_pruning, resumed_adaptive = resumable_run(tmp_path / "r", [], ckpt_path=str(tmp_path / "last.ckpt"))
     assert_equal_state(resumed.state_dict(), module.state_dict())
-    strip = lambda rounds: [{k: v for k, v in r.items()} for r in rounds]  # noqa: E731
+    strip = lambda rounds: [{k: v for k, v in r.items()} for r in rounds]
     assert strip(resumed_adaptive.rounds) == strip(adaptive.rounds)
     assert resumed_pruning.report.totals()["params_after"] == pruning.report.totals()["params_after"]
 
