@@ -1,27 +1,33 @@
-"""DG2PF on a pretrained CIFAR ResNet-20: against one-shot pruning and Lightning's ModelPruning, ablations, step cost.
+"""DG2PF on a pretrained CIFAR ResNet-56 (or -20): against GMP, one-shot pruning and Lightning's ModelPruning.
 
-Every run starts from the same pretrained weights and gets the same epoch budget (``--epochs``):
+Every run starts from the same pretrained weights and gets the same epoch budget (``--epochs``), the same
+data and, unless the difference is the point, the same optimiser (SGD ``--lr``, momentum 0.9, Nesterov,
+weight decay 5e-4, cosine decay over the budget):
 
-* **main** (at each ``--sparsities``): ``dg2pf`` (GradualMagnitudePruning + SimulatedPruning 0.1 +
-  SelfDistillation eq. 9 alpha 0.9 tau 0.5; AdamW lr 1e-5 / wd 1e-2, then the SGD fine-tuning phase,
-  capped at the budget), ``oneshot_ft`` (global magnitude pruning to the target at the first epoch, then
-  fine-tuning with SGD) and ``lightning_modelpruning`` (``lightning.pytorch.callbacks.ModelPruning``,
-  global L1 unstructured, the same gradual schedule as DG2PF applied at epoch ends, then fine-tuning
-  with SGD, masks made permanent at the end);
-* **ablation** at 90 %: simulated sparsity 0 / 0.1 / 0.2, alpha 0 / 0.9, temperature 0.5 / 4 (one
-  change from the DG2PF defaults at a time; the defaults' run is shared with the main group);
+* **main** (at each ``--sparsities``):
+  ``dg2pf`` (the budget recipe of ``configs/dg2pf_resnet20_cifar10.yaml``: GradualMagnitudePruning with the
+  cubic schedule over ``--pruning-epochs``, SimulatedPruning 0.1, SelfDistillation eq. 9 alpha 0.9 tau 4,
+  no SGD phase: the cosine tail is the fine-tuning; the best validated epoch at full sparsity is handed back),
+  ``dg2pf_paper`` (the paper's settings, ``configs/dg2pf_paper_resnet20_cifar10.yaml``: linear schedule,
+  tau 0.5, AdamW lr 1e-5 / wd 1e-2, then the SGD lr 1e-4 phase, patience 4, capped at the budget),
+  ``gmp_cubic`` (Zhu & Gupta: the same cubic schedule, no simulated pruning, no teacher),
+  ``oneshot_ft`` (global magnitude pruning to the target before the first epoch, then fine-tuning) and
+  ``lightning_modelpruning`` (``lightning.pytorch.callbacks.ModelPruning``, global L1 unstructured, the
+  same cubic targets applied at epoch ends, masks made permanent at the end);
+* **ablation** at 90 %: one change from ``dg2pf`` at a time: simulated sparsity 0 / 0.2, alpha 0 / 0.25,
+  temperature 0.5, and the paper's SGD phase after the cosine run (``sgd_phase``);
 * **timing**: median wall time of a training step (``on_train_batch_start`` to ``on_train_batch_end``,
   optimizer step included) during the pruning phase, plain vs + SimulatedPruning vs + SelfDistillation
   vs both, reported as ratios to the plain step.
 
-Early stopping and the phase changes watch a seeded half of the CIFAR-10 test split (``val_from="test"``:
-the weights were trained on all of the training split); each run is tested on the other half (or
-``--test-batches`` batches of it). Writes
-``results.jsonl`` (one line per run), ``results.md`` and ``results.png`` to ``--out``. A rerun with the same
-``--out`` resumes: runs already in ``results.jsonl`` are kept and not repeated.
+Early stopping, the phase changes and the best epoch watch a seeded half of the CIFAR-10 test split
+(``val_from="test"``: the weights were trained on all of the training split); each run is tested on the
+other half (or ``--test-batches`` batches of it). Writes ``results.jsonl`` (one line per run),
+``results.md``, ``results.png`` and ``summary.json`` to ``--out``. A rerun with the same ``--out`` resumes:
+runs already in ``results.jsonl`` are kept and not repeated.
 
-Example (a smoke test; the full benchmark uses ``--subset-fraction 1.0 --epochs 30`` on a GPU):
-    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/dg2pf.py --out /tmp/dg2pf-smoke \
+Example (a smoke test; the GPU size is ``--subset-fraction 1.0 --epochs 30``):
+    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/dg2pf.py --out /tmp/dg2pf-smoke --network resnet20 \
         --subset-fraction 0.01 --epochs 2 --pruning-epochs 1 --sparsities 0.9 --test-batches 2 --timing-steps 4
 """
 
@@ -47,6 +53,9 @@ from lightning_prune.callbacks.gradual import GradualMagnitudePruning
 from lightning_prune.callbacks.simulated_pruning import SimulatedPruning
 from lightning_prune.sparse import save_sparse
 from lightning_prune.structural import masks as M
+
+WEIGHTS = {"resnet20": "weights/resnet20-12fca82f.th", "resnet32": "weights/resnet32-d509ac18.th",
+           "resnet56": "weights/resnet56-4bfd9763.th"}
 
 
 class StepTimer(Callback):
@@ -96,9 +105,15 @@ class Bench:
         return CIFAR10DataModule(data_dir=a.data_dir, batch_size=a.batch_size, val_from="test",
                                  subset_fraction=a.subset_fraction, seed=a.seed, normalization="imagenet", augment=True)
 
-    def model(self, optimizer: str, lr: float, weight_decay: float) -> ImageClassifier:
-        return ImageClassifier("cifar_resnet20", num_classes=10, weights=self.args.weights, optimizer=optimizer, lr=lr,
-                               momentum=0.9, weight_decay=weight_decay)
+    def model(self, paper: bool = False) -> ImageClassifier:
+        """The pretrained network with the shared SGD + cosine optimiser, or the paper's AdamW (no schedule)."""
+        a = self.args
+        if paper:
+            return ImageClassifier(f"cifar_{a.network}", num_classes=10, weights=WEIGHTS[a.network], optimizer="adamw",
+                                   lr=1e-5, weight_decay=1e-2)
+        return ImageClassifier(f"cifar_{a.network}", num_classes=10, weights=WEIGHTS[a.network], optimizer="sgd",
+                               lr=a.lr, momentum=0.9, nesterov=True, weight_decay=5e-4, scheduler="cosine",
+                               scheduler_kwargs={"T_max": a.epochs})
 
     def trainer(self, callbacks: list[Callback], name: str, **kwargs: Any) -> L.Trainer:
         a = self.args
@@ -110,9 +125,10 @@ class Bench:
         return L.Trainer(callbacks=callbacks, **options)
 
     def gmp(self, sparsity: float, name: str, **kwargs: Any) -> GradualMagnitudePruning:
+        """The budget recipe's controller: cubic schedule, the whole budget (no early end), no SGD phase."""
         a = self.args
-        options: dict[str, Any] = dict(sparsity=sparsity, pruning_epochs=a.pruning_epochs, patience=a.patience,
-                                       finetune_patience=a.patience, max_epochs=a.epochs,
+        options: dict[str, Any] = dict(sparsity=sparsity, pruning_epochs=a.pruning_epochs, schedule="cubic",
+                                       patience=a.epochs, finetune=False, max_epochs=a.epochs,
                                        output_dir=str(self.out / "runs" / name), save_sparse_model=True)
         options.update(kwargs)
         return GradualMagnitudePruning(**options)
@@ -130,7 +146,7 @@ class Bench:
             "epochs": trainer.current_epoch, "seconds": seconds, "bytes_sparse": size["bytes"],
             "bytes_dense": size["dense_bytes"], "subset_fraction": a.subset_fraction, "budget_epochs": a.epochs,
             "val_from": "test",
-            "seed": a.seed, "device": str(module.device), "cpu": platform.processor() or platform.machine(),
+            "seed": a.seed, "network": a.network, "lr": a.lr, "device": str(module.device), "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "lightning": L.__version__,
         }
         row.update(extra or {})
@@ -142,43 +158,74 @@ class Bench:
         return row
 
     # ------------------------------------------------------------------ the runs
-    def dg2pf(self, sparsity: float, group: str = "main", simulated: float = 0.1, alpha: float = 0.9,
-              temperature: float = 0.5, name: str | None = None) -> dict[str, Any]:
-        name = name or f"dg2pf_s{sparsity:g}"
-        L.seed_everything(self.args.seed, verbose=False)
-        module = self.model("adamw", 1e-5, 1e-2)
-        pruning = self.gmp(sparsity, name)
-        callbacks: list[Callback] = [pruning, SimulatedPruning(simulated), SelfDistillation(alpha=alpha,
-                                                                                            temperature=temperature)]
+    def fit(self, name: str, group: str, sparsity: float, module: ImageClassifier, callbacks: list[Callback],
+            pruning: GradualMagnitudePruning | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         trainer = self.trainer(callbacks, name)
         started = time.perf_counter()
         trainer.fit(module, datamodule=self.datamodule())
-        extra = {"simulated": simulated, "alpha": alpha, "temperature": temperature,
-                 "metric_before": pruning.report.metric_before, "epochs_per_phase": pruning.report.epochs}
-        return self.record(name, group, sparsity, module, trainer, time.perf_counter() - started, extra)
+        seconds = time.perf_counter() - started
+        extra = dict(extra or {})
+        if pruning is not None:
+            report = pruning.report
+            extra.update(metric_before=report.metric_before, epochs_per_phase=report.epochs, best_epoch=report.best_epoch,
+                         schedule=report.schedule)
+        return self.record(name, group, sparsity, module, trainer, seconds, extra)
+
+    def dg2pf(self, sparsity: float, group: str = "main", simulated: float = 0.1, alpha: float = 0.9,
+              temperature: float = 4.0, sgd_phase: bool = False, name: str | None = None) -> dict[str, Any]:
+        """The budget recipe (see the module docstring); keyword arguments are the ablations."""
+        name = name or f"dg2pf_s{sparsity:g}"
+        L.seed_everything(self.args.seed, verbose=False)
+        module = self.model()
+        options = dict(patience=1, finetune=True, finetune_patience=self.args.epochs) if sgd_phase else {}
+        pruning = self.gmp(sparsity, name, **options)
+        callbacks: list[Callback] = [pruning, SimulatedPruning(simulated),
+                                     SelfDistillation(alpha=alpha, temperature=temperature)]
+        extra = {"simulated": simulated, "alpha": alpha, "temperature": temperature, "sgd_phase": sgd_phase}
+        return self.fit(name, group, sparsity, module, callbacks, pruning, extra)
+
+    def dg2pf_paper(self, sparsity: float) -> dict[str, Any]:
+        """The paper's settings (configs/dg2pf_paper_resnet20_cifar10.yaml), capped at the same budget."""
+        name = f"dg2pf_paper_s{sparsity:g}"
+        L.seed_everything(self.args.seed, verbose=False)
+        module = self.model(paper=True)
+        pruning = self.gmp(sparsity, name, schedule="linear", patience=4, finetune=True, finetune_patience=4)
+        callbacks: list[Callback] = [pruning, SimulatedPruning(0.1), SelfDistillation(alpha=0.9, temperature=0.5)]
+        return self.fit(name, "main", sparsity, module, callbacks, pruning)
+
+    def gmp_cubic(self, sparsity: float) -> dict[str, Any]:
+        name = f"gmp_cubic_s{sparsity:g}"
+        L.seed_everything(self.args.seed, verbose=False)
+        pruning = self.gmp(sparsity, name)
+        return self.fit(name, "main", sparsity, self.model(), [pruning], pruning)
 
     def oneshot(self, sparsity: float) -> dict[str, Any]:
         name = f"oneshot_ft_s{sparsity:g}"
         L.seed_everything(self.args.seed, verbose=False)
-        module = self.model("sgd", self.args.finetune_lr, 5e-4)
-        pruning = self.gmp(sparsity, name, pruning_epochs=1, patience=self.args.epochs, finetune=False)
-        trainer = self.trainer([pruning], name)
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=self.datamodule())
-        return self.record(name, "main", sparsity, module, trainer, time.perf_counter() - started)
+        pruning = self.gmp(sparsity, name, pruning_epochs=1)
+        return self.fit(name, "main", sparsity, self.model(), [pruning], pruning)
 
     def modelpruning(self, sparsity: float) -> dict[str, Any]:
         name = f"lightning_modelpruning_s{sparsity:g}"
         L.seed_everything(self.args.seed, verbose=False)
-        module = self.model("sgd", self.args.finetune_lr, 5e-4)
+        module = self.model()
         targets = [(m, "weight") for m in module.modules() if isinstance(m, M.CONV_LINEAR_TYPES)]
-        schedule = M.linear_sparsity_schedule(sparsity, self.args.pruning_epochs)
+        schedule = M.cubic_sparsity_schedule(sparsity, self.args.pruning_epochs)
         pruner = ModelPruning("l1_unstructured", parameters_to_prune=targets, amount=modelpruning_amount(schedule),
                               use_global_unstructured=True, make_pruning_permanent=True, verbose=0)
-        trainer = self.trainer([pruner], name)
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=self.datamodule())
-        return self.record(name, "main", sparsity, module, trainer, time.perf_counter() - started)
+        return self.fit(name, "main", sparsity, module, [pruner], None)
+
+    def dense(self) -> dict[str, Any]:
+        """The unpruned network on the reported half (the reference of every drop)."""
+        L.seed_everything(self.args.seed, verbose=False)
+        module = self.model()
+        tested = self.trainer([], "dense").test(module, datamodule=self.datamodule(), verbose=False)
+        row = {"name": "dense", "group": "dense", "test_acc": tested[0]["test_acc"], "network": self.args.network,
+               "val_from": "test"}
+        self.rows.append(row)
+        with (self.out / "results.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
 
     def timing(self) -> list[dict[str, Any]]:
         """Median step time during the pruning phase; ratios to the plain step."""
@@ -187,7 +234,7 @@ class Bench:
         medians: dict[str, float] = {}
         for variant, (simulated, distil) in variants.items():
             L.seed_everything(a.seed, verbose=False)
-            module = self.model("adamw", 1e-5, 1e-2)
+            module = self.model()
             timer = StepTimer()
             # max_epochs=1: every timed step is in epoch 0, inside the pruning phase (SimulatedPruning on)
             pruning = self.gmp(0.9, f"timing_{variant}", save_sparse_model=False, max_epochs=1)
@@ -210,24 +257,50 @@ class Bench:
         return rows
 
     # ------------------------------------------------------------------ outputs
+    def write(self) -> None:
+        """results.md, summary.json and the plot, from every row so far (after each run: nothing lost)."""
+        (self.out / "results.md").write_text(self.markdown())
+        (self.out / "summary.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
+        self.plot()
+
+    def dense_acc(self) -> float | None:
+        return next((r["test_acc"] for r in self.rows if r["group"] == "dense"), None)
+
     def markdown(self) -> str:
-        lines = ["# DG2PF benchmark: pretrained CIFAR ResNet-20", "",
-                 f"Budget {self.args.epochs} epochs per run, subset_fraction {self.args.subset_fraction}, "
-                 f"pruning_epochs {self.args.pruning_epochs}, seed {self.args.seed}.", ""]
+        a, dense = self.args, self.dense_acc()
+        lines = [f"# DG2PF benchmark: pretrained CIFAR {a.network}", "",
+                 f"Budget {a.epochs} epochs per run, subset_fraction {a.subset_fraction}, pruning_epochs "
+                 f"{a.pruning_epochs}, SGD lr {a.lr} (cosine), seed {a.seed}; test accuracy on the reported half."
+                 + ("" if dense is None else f" Unpruned: {100 * dense:.2f} %."), ""]
         runs = [r for r in self.rows if r["group"] in ("main", "ablation")]
         if runs:
-            lines += ["| run | group | target | achieved | test acc | val acc | epochs | seconds | size (sparse / dense) |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            for r in runs:
-                test = "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}"
+            lines += ["| run | group | target | achieved | test acc % | drop (points) | best epoch | epochs | seconds "
+                      "| size (sparse / dense bytes) |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in sorted(runs, key=lambda r: (r["group"] != "main", r["target_sparsity"], r["name"])):
+                test = "-" if r["test_acc"] is None else f"{100 * r['test_acc']:.2f}"
+                drop = "-" if r["test_acc"] is None or dense is None else f"{100 * (dense - r['test_acc']):.2f}"
+                best = r.get("best_epoch")
                 lines.append(f"| {r['name']} | {r['group']} | {r['target_sparsity']:.2f} | {r['achieved_sparsity']:.4f} "
-                             f"| {test} | {r['val_acc']:.4f} | {r['epochs']} | {r['seconds']:.1f} "
-                             f"| {r['bytes_sparse']:,} / {r['bytes_dense']:,} |")
+                             f"| {test} | {drop} | {'-' if best is None else best} | {r['epochs']} "
+                             f"| {r['seconds']:.0f} | {r['bytes_sparse']:,} / {r['bytes_dense']:,} |")
         timing = [r for r in self.rows if r["group"] == "timing"]
         if timing:
             lines += ["", "| step (pruning phase) | median ms | ratio to plain |", "|---|---|---|"]
             lines += [f"| {r['name'][7:]} | {r['median_step_ms']:.1f} | {r['ratio_to_plain']:.2f} |" for r in timing]
         return "\n".join(lines) + "\n"
+
+    def summary(self) -> dict[str, Any]:
+        """The issue's ``summary.json`` (accuracy in percent)."""
+        runs = [r for r in self.rows if r["group"] in ("main", "ablation") and r["test_acc"] is not None]
+        timing = {r["name"][7:]: r["ratio_to_plain"] for r in self.rows if r["group"] == "timing"}
+        dense = self.dense_acc()
+        devices = sorted({r["device"] for r in runs})
+        return {"network": self.args.network, "device": devices[0] if len(devices) == 1 else devices,
+                "dense_test_acc": None if dense is None else 100 * dense,
+                "rows": [{"method": r["name"].rsplit("_s", 1)[0] if r["group"] == "main" else r["name"],
+                          "sparsity": r["target_sparsity"], "test_acc": 100 * r["test_acc"], "epochs": r["epochs"],
+                          "seconds": r["seconds"]} for r in runs],
+                "step_cost": {k: timing.get(k) for k in ("simulated", "distillation", "both")}}
 
     def plot(self) -> Path | None:
         import matplotlib
@@ -242,17 +315,20 @@ class Bench:
         if not (main or ablation or timing):
             return None
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for method in ("dg2pf", "oneshot_ft", "lightning_modelpruning"):
-            points = sorted((r["target_sparsity"], r["test_acc"]) for r in main if r["name"].startswith(method + "_s"))
+        for method in ("dg2pf", "dg2pf_paper", "gmp_cubic", "oneshot_ft", "lightning_modelpruning"):
+            points = sorted((r["target_sparsity"], 100 * r["test_acc"]) for r in main
+                            if r["name"].rsplit("_s", 1)[0] == method)
             if points:
                 axes[0].plot(*zip(*points), marker="o", label=method)
-        axes[0].set(xlabel="sparsity", ylabel="test accuracy", title="same epoch budget")
+        if self.dense_acc() is not None:
+            axes[0].axhline(100 * self.dense_acc(), color="gray", linestyle="--", label="unpruned")
+        axes[0].set(xlabel="sparsity", ylabel="test accuracy % (reported half)", title="same epoch budget")
         axes[0].legend()
         if ablation:
-            labels = [r["name"].removeprefix("dg2pf_s0.9").lstrip("_") or "default" for r in ablation]
-            axes[1].bar(labels, [r["test_acc"] for r in ablation])
+            labels = [r["name"].removeprefix("dg2pf_s0.9").lstrip("_") or "dg2pf" for r in ablation]
+            axes[1].bar(labels, [100 * r["test_acc"] for r in ablation])
             axes[1].tick_params(axis="x", rotation=30)
-        axes[1].set(ylabel="test accuracy", title="ablations at 90 %")
+        axes[1].set(ylabel="test accuracy %", title="ablations at 90 %")
         if timing:
             axes[2].bar([r["name"][7:] for r in timing], [r["ratio_to_plain"] for r in timing])
         axes[2].set(ylabel="step time / plain step", title="training-step cost")
@@ -263,57 +339,58 @@ class Bench:
         return path
 
 
+METHODS = ("dg2pf", "dg2pf_paper", "gmp_cubic", "oneshot_ft", "lightning_modelpruning")
+ABLATIONS = {"sim0": {"simulated": 0.0}, "sim0.2": {"simulated": 0.2}, "alpha0": {"alpha": 0.0},
+             "alpha0.25": {"alpha": 0.25}, "tau0.5": {"temperature": 0.5}, "sgd_phase": {"sgd_phase": True}}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="benchmarks/results/dg2pf", help="output folder")
+    parser.add_argument("--out", default="benchmarks/results/dg2pf/resnet56", help="output folder")
+    parser.add_argument("--network", default="resnet56", choices=sorted(WEIGHTS))
     parser.add_argument("--subset-fraction", type=float, default=0.1, help="fraction of the training split used")
-    parser.add_argument("--epochs", type=int, default=30, help="epoch budget of every run")
-    parser.add_argument("--pruning-epochs", type=int, default=None,
-                        help="DG2PF's s_e (and ModelPruning's schedule); default min(15, epochs // 2)")
-    parser.add_argument("--patience", type=int, default=4, help="DG2PF patience of both phases")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.9])
-    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="SGD lr of the one-shot and ModelPruning runs")
+    parser.add_argument("--epochs", type=int, default=10, help="epoch budget of every run")
+    parser.add_argument("--pruning-epochs", type=int, default=None, help="pruning epochs; default epochs // 2")
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD lr (cosine over the budget) of every run but the paper's")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--ablations", nargs="*", default=list(ABLATIONS), choices=list(ABLATIONS))
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--test-batches", type=int, default=None, help="limit the test split (smoke tests)")
+    parser.add_argument("--test-batches", type=int, default=None, help="limit the test split (smoke tests only: its images are ordered by class)")
     parser.add_argument("--timing-steps", type=int, default=20, help="timed steps per timing variant")
     parser.add_argument("--parts", nargs="+", default=["main", "ablation", "timing"],
                         choices=["main", "ablation", "timing"])
-    parser.add_argument("--weights", default="weights/resnet20-12fca82f.th",
-                        help="pretrained ResNet-20 (relative paths are looked up in $LIGHTNING_PRUNE_DATA)")
     parser.add_argument("--data-dir", default=None, help="default: $LIGHTNING_PRUNE_DATA")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.pruning_epochs is None:
-        args.pruning_epochs = max(1, min(15, args.epochs // 2))
+        args.pruning_epochs = max(1, args.epochs // 2)
     bench = Bench(args)
     jsonl = bench.out / "results.jsonl"
     if jsonl.exists():  # resume: finished runs are kept and not repeated; delete --out to start over
-        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        # rows measured before validation moved to half of the test split are not comparable: rerun them
-        bench.rows = [r for r in rows if r.get("val_from") == "test" or r["group"] == "timing"]
+        bench.rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     done = {r["name"] for r in bench.rows}
     if "timing" in args.parts and "timing_plain" not in done:
         bench.timing()  # first: short, and its ratios need the machine to itself
+    if "dense" not in done:
+        bench.dense()
+    runs = {"dg2pf": bench.dg2pf, "dg2pf_paper": bench.dg2pf_paper, "gmp_cubic": bench.gmp_cubic,
+            "oneshot_ft": bench.oneshot, "lightning_modelpruning": bench.modelpruning}
     if "main" in args.parts:
         for sparsity in args.sparsities:
-            for method, run in (("dg2pf", bench.dg2pf), ("oneshot_ft", bench.oneshot),
-                                ("lightning_modelpruning", bench.modelpruning)):
+            for method in args.methods:
                 if f"{method}_s{sparsity:g}" not in done:
-                    run(sparsity)
+                    runs[method](sparsity)
+                    bench.write()
     if "ablation" in args.parts:
-        if not any(r["name"] == "dg2pf_s0.9" for r in bench.rows):
-            bench.dg2pf(0.9, group="ablation")
-        for label, kwargs in (("sim0", {"simulated": 0.0}), ("sim0.2", {"simulated": 0.2}),
-                              ("alpha0", {"alpha": 0.0}), ("tau4", {"temperature": 4.0})):
+        for label in args.ablations:
             if f"dg2pf_s0.9_{label}" not in done:
-                bench.dg2pf(0.9, group="ablation", name=f"dg2pf_s0.9_{label}", **kwargs)
-    (bench.out / "results.md").write_text(bench.markdown())
-    plot = bench.plot()
+                bench.dg2pf(0.9, group="ablation", name=f"dg2pf_s0.9_{label}", **ABLATIONS[label])
+                bench.write()
+    bench.write()
     print(bench.markdown())
-    print(f"[dg2pf bench] wrote {bench.out / 'results.jsonl'}, {bench.out / 'results.md'}"
-          + (f", {plot}" if plot else ""))
 
 
 if __name__ == "__main__":

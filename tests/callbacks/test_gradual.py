@@ -349,7 +349,7 @@ def test_compact_save_is_smaller_and_reloads_the_same_dense_weights(tmp_path: Pa
 
 
 # ---------------------------------------------------------------------- YAML
-@pytest.mark.parametrize("name", ["dg2pf_quickstart", "dg2pf_resnet20_cifar10"])
+@pytest.mark.parametrize("name", ["dg2pf_quickstart", "dg2pf_resnet20_cifar10", "dg2pf_paper_resnet20_cifar10"])
 def test_dg2pf_configs_build(name: str) -> None:
     if "cifar" in name and not os.environ.get("LIGHTNING_PRUNE_DATA"):
         pytest.skip("LIGHTNING_PRUNE_DATA is not set: the config loads weights from the data directory")
@@ -361,6 +361,36 @@ def test_dg2pf_configs_build(name: str) -> None:
                    args=["--config", str(CONFIGS / f"{name}.yaml"), "--trainer.logger=false"])
     kinds = {type(cb) for cb in cli.trainer.callbacks}
     assert {GradualMagnitudePruning, SimulatedPruning, SelfDistillation} <= kinds
+
+
+def _recipe(name: str) -> dict[str, Any]:
+    """The YAML recipe as {class name: init_args} plus "model" and "trainer"."""
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    found = {c["class_path"].rsplit(".", 1)[-1]: c.get("init_args", {}) for c in config["trainer"]["callbacks"]}
+    return {**found, "model": config["model"]["init_args"], "trainer": config["trainer"]}
+
+
+def test_the_paper_preset_holds_the_papers_settings_and_the_recipe_differs_where_documented() -> None:
+    paper, recipe = _recipe("dg2pf_paper_resnet20_cifar10"), _recipe("dg2pf_resnet20_cifar10")
+    gmp = paper["GradualMagnitudePruning"]
+    assert (gmp["pruning_epochs"], gmp["schedule"], gmp["patience"], gmp["finetune"], gmp["max_epochs"]) == (
+        15, "linear", 4, True, 100)
+    assert gmp["finetune_optimizer"] == {"name": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4}
+    assert paper["SimulatedPruning"] == {"sparsity": 0.1}
+    assert {k: paper["SelfDistillation"][k] for k in ("alpha", "temperature", "gamma", "beta", "loss")} == {
+        "alpha": 0.9, "temperature": 0.5, "gamma": 1.0, "beta": 0.1, "loss": "dg2pf"}
+    assert {k: paper["model"][k] for k in ("optimizer", "lr", "weight_decay")} == {
+        "optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.01}
+    # the budget recipe: same method and target, its own optimiser, schedule, temperature and length
+    ours = recipe["GradualMagnitudePruning"]
+    assert ours["sparsity"] == gmp["sparsity"] == 0.9 and recipe["SimulatedPruning"] == paper["SimulatedPruning"]
+    assert (ours["schedule"], ours["pruning_epochs"], ours["finetune"], ours["max_epochs"]) == ("cubic", 5, False, 10)
+    assert recipe["SelfDistillation"]["temperature"] == 4.0 and recipe["SelfDistillation"]["alpha"] == 0.9
+    assert {k: recipe["model"][k] for k in ("optimizer", "lr", "scheduler")} == {
+        "optimizer": "sgd", "lr": 0.01, "scheduler": "cosine"}
+    assert recipe["model"]["scheduler_kwargs"]["T_max"] == recipe["trainer"]["max_epochs"] == ours["max_epochs"]
 
 
 def test_a_min_delta_the_metric_cannot_reach_is_refused_when_pruning_starts() -> None:
