@@ -268,7 +268,12 @@ class Bench:
 
     def markdown(self) -> str:
         a, dense = self.args, self.dense_acc()
+        command = (f"LIGHTNING_PRUNE_DATA=../shared/data python benchmarks/dg2pf.py --network {a.network} --out {a.out} "
+                   f"--subset-fraction {a.subset_fraction} --epochs {a.epochs} --sparsities "
+                   f"{' '.join(f'{x:g}' for x in sorted({r['target_sparsity'] for r in self.rows if 'target_sparsity' in r}))}")
         lines = [f"# DG2PF benchmark: pretrained CIFAR {a.network}", "",
+                 "Rows come from one or more invocations of (`--methods`, `--parts` and `--sparsities` select; a rerun "
+                 "with the same `--out` keeps finished rows):", "", "```bash", command, "```", "",
                  f"Budget {a.epochs} epochs per run, subset_fraction {a.subset_fraction}, pruning_epochs "
                  f"{a.pruning_epochs}, SGD lr {a.lr} (cosine), seed {a.seed}; test accuracy on the reported half."
                  + ("" if dense is None else f" Unpruned: {100 * dense:.2f} %."), ""]
@@ -287,6 +292,9 @@ class Bench:
         if timing:
             lines += ["", "| step (pruning phase) | median ms | ratio to plain |", "|---|---|---|"]
             lines += [f"| {r['name'][7:]} | {r['median_step_ms']:.1f} | {r['ratio_to_plain']:.2f} |" for r in timing]
+        analysis = self.out / "analysis.md"  # what the tables show, written by hand after a run
+        if analysis.exists():
+            lines += ["", analysis.read_text().rstrip()]
         return "\n".join(lines) + "\n"
 
     def summary(self) -> dict[str, Any]:
