@@ -207,7 +207,7 @@ class GradualReport:
     Example:
         >>> report = GradualReport(target_sparsity=0.9, scope="global", schedule=[0.45, 0.9], monitor="val_acc")
         >>> sorted(report.to_dict())[:4]
-        ['best_metric', 'completed', 'epochs', 'history']
+        ['best_epoch', 'best_metric', 'completed', 'epochs']
     """
 
     target_sparsity: float
