@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lightning_prune.errors import PruningConfigError
+from lightning_prune.state import Patience
 
 
 def to_cpu(value: Any) -> Any:
@@ -208,11 +209,7 @@ class BestWeights:
 
     def is_better(self, value: float) -> bool:
         """Whether ``value`` beats the best so far (strictly; NaN never does)."""
-        if math.isnan(value):
-            return False
-        if self.value is None:
-            return True
-        return value > self.value if self.mode == "max" else value < self.value
+        return not math.isnan(value) and Patience(mode=self.mode, best=self.value).improved(value)
 
     def offer(self, epoch: int, value: float, model: nn.Module) -> bool:
         """Keep ``model``'s state if ``value`` is the best so far; returns whether it was kept."""
