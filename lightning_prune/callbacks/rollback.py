@@ -396,11 +396,14 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             metric, before = record.metric_after_finetune, report.metric_before
             if metric is None or before is None or not math.isfinite(metric):
                 return False
-            drop = before - metric if self.mode == "max" else metric - before
-            return drop <= self.max_drop + _EPS  # type: ignore[operator]
+            return self._drop(before, metric) <= self.max_drop + _EPS  # type: ignore[operator]
         if self.target == "params":
             return 1 - record.params / max(report.params_before, 1) <= self.param_reduction + _EPS  # type: ignore[operator]
         return 1 - record.macs / max(report.macs_before, 1) <= self.flops_reduction + _EPS  # type: ignore[operator]
+
+    def _drop(self, before: float, metric: float) -> float:
+        """How much worse ``metric`` is than ``before`` (negative: better)."""
+        return before - metric if self.mode == "max" else metric - before
 
     def _rank(self, entry: dict[str, Any]) -> tuple[float, float, int]:
         """Order of acceptable rounds: smaller (= larger reduction), then better metric, then later."""
@@ -415,9 +418,9 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         if self.target != "accuracy" or not tried or self.rounds[0]["metric"] is None:
             return (f"[lightning_prune] AAP pruned nothing: {what}; the unpruned model is handed back. HINT: lower "
                     "lambda_init so that a round prunes less")
-        sign = 1.0 if self.mode == "max" else -1.0
-        best = min(tried, key=lambda r: sign * (self.rounds[0]["metric"] - r["metric"]))
-        drop = sign * (self.rounds[0]["metric"] - best["metric"])
+        before = self.rounds[0]["metric"]
+        best = min(tried, key=lambda r: self._drop(before, r["metric"]))
+        drop = self._drop(before, best["metric"])
         return (f"[lightning_prune] AAP pruned nothing: {what}. The smallest {self.monitor} drop was {drop:.4g} "
                 f"(round {best['round']}, {best['params']:,} parameters) against max_drop={self.max_drop:g}; the "
                 "unpruned model is handed back. HINT: if round 1's drop comes from retraining rather than pruning "
