@@ -258,6 +258,34 @@ def smallest_pruning_threshold(scores: Mapping[str, torch.Tensor], sizes: Mappin
     return lowest + max(abs(lowest) * 1e-9, 1e-12)
 
 
+def lowest_weighted(scores: Mapping[str, torch.Tensor], sizes: Mapping[str, float],
+                    count: int) -> tuple[dict[str, list[int]], float | None]:
+    """The ``count`` filters lowest in AAP's layer-aware order, and the global ``T`` that prunes exactly them.
+
+    A filter of layer ``i`` with score ``s`` is pruned by ``T`` when ``s <= T * N_i / N_total``, i.e.
+    when its weighted score ``s * N_total / N_i`` is ``<= T``: filters are taken in that order (ties by
+    layer name, then index), each layer keeping its best-scoring one. The returned ``T`` is the largest
+    weighted score taken (``None`` when none is).
+
+    Example:
+        >>> plan, T = lowest_weighted({"a": torch.tensor([0.4, 0.9]), "b": torch.tensor([0.3, 0.5, 0.6])},
+        ...                           {"a": 3.0, "b": 1.0}, 2)
+        >>> plan, round(T, 4)
+        ({'a': [0], 'b': [0]}, 1.2)
+    """
+    total = float(sum(sizes.values()))
+    candidates: list[tuple[float, str, int]] = []
+    for name, values in scores.items():
+        flat = [float(v) for v in values.flatten().tolist()]
+        if len(flat) < 2 or sizes.get(name, 0) <= 0:
+            continue
+        keep = min(range(len(flat)), key=lambda i: (-flat[i], i))
+        candidates += [(v * total / sizes[name], name, i) for i, v in enumerate(flat) if i != keep]
+    chosen = sorted(candidates)[:max(count, 0)]
+    plan = {name: sorted(i for _, n, i in chosen if n == name) for name in scores}
+    return plan, (chosen[-1][0] if chosen else None)
+
+
 class AdaptiveThresholdPlanner(PruningPlanner):
     """AAP's open-ended plan: every round, in every layer, the filters scoring ``<= T * N_i / N_total``.
 
@@ -268,15 +296,23 @@ class AdaptiveThresholdPlanner(PruningPlanner):
     ``LayerInfo.group_params``) or its MACs per sample (``"flops"``: weight size times the output
     positions in :attr:`spatial`).
 
+    ``units="score"`` (the paper's): ``T`` is in the criterion's units. ``units="quantile"``: ``T`` is
+    the fraction of the unpruned network's prunable filters gone after the round; the round removes
+    the remaining filters lowest in the same layer-aware order (:func:`lowest_weighted`) until that
+    many are gone, so ``T`` means the same on every network and criterion. :attr:`score_threshold`
+    is the round's ``T`` in score units either way.
+
     Example:
         >>> planner = AdaptiveThresholdPlanner(threshold=0.2, lam=0.1)
         >>> planner.num_steps() is None, planner.is_done(5)
         (True, False)
     """
 
-    def __init__(self, threshold: float = 0.0, lam: float = 0.005, weighting: str = "params") -> None:
+    def __init__(self, threshold: float = 0.0, lam: float = 0.005, weighting: str = "params",
+                 units: str = "score") -> None:
         super().__init__()
-        self.threshold, self.lam, self.weighting = threshold, lam, weighting
+        self.threshold, self.lam, self.weighting, self.units = threshold, lam, weighting, units
+        self.score_threshold: float | None = None
         self.finished = False
         self.spatial: dict[str, int] = {}
         self.last_layer_thresholds: dict[str, float] = {}
@@ -306,6 +342,9 @@ class AdaptiveThresholdPlanner(PruningPlanner):
         """
         names = [name for name in self.original if name in layers]
         sizes = {name: self.layer_size(layers[name]) for name in names}
+        if self.units == "quantile":
+            return self._plan_fraction(names, layers, sizes, scores)
+        self.score_threshold = self.threshold
         self.last_layer_thresholds = layer_thresholds(self.threshold, sizes)
         plan = {name: below_threshold(scores[name], self.last_layer_thresholds[name]) for name in names}
         self.raised_from = None
@@ -313,8 +352,22 @@ class AdaptiveThresholdPlanner(PruningPlanner):
             lowest = smallest_pruning_threshold({n: scores[n] for n in names}, sizes)
             if lowest is not None and lowest > self.threshold:
                 self.raised_from, self.threshold = self.threshold, lowest
+                self.score_threshold = lowest
                 self.last_layer_thresholds = layer_thresholds(self.threshold, sizes)
                 plan = {name: below_threshold(scores[name], self.last_layer_thresholds[name]) for name in names}
+        return plan
+
+    def _plan_fraction(self, names: list[str], layers: Mapping[str, LayerInfo], sizes: Mapping[str, float],
+                       scores: Mapping[str, torch.Tensor]) -> StepPlan:
+        """``units="quantile"``: prune until ``T`` of the original filters are gone (one at least)."""
+        total = sum(self.original[name] for name in names)
+        removed = sum(self.original[name] - layers[name].channels for name in names)
+        wanted = math.floor(self.threshold * total + 1e-9) - removed
+        self.raised_from = None
+        if wanted < 1:
+            self.raised_from, self.threshold, wanted = self.threshold, (removed + 1) / max(total, 1), 1
+        plan, self.score_threshold = lowest_weighted({n: scores[n] for n in names}, sizes, wanted)
+        self.last_layer_thresholds = layer_thresholds(self.score_threshold or 0.0, sizes)
         return plan
 
 

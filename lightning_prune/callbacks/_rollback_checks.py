@@ -9,6 +9,8 @@ from lightning_prune.errors import check as _check
 
 TARGETS = ("accuracy", "params", "flops")
 REWINDS = ("none", "lr", "weights")
+UNITS = ("quantile", "score")
+REFERENCES = ("retrained", "unpruned")
 
 
 def _is_int(value: Any) -> bool:
@@ -22,7 +24,7 @@ def _is_number(value: Any) -> bool:
 def check_arguments(*, monitor: Any, mode: Any, target: Any, max_drop: Any, param_reduction: Any, flops_reduction: Any,
                     threshold_init: Any, lambda_init: Any, max_rollbacks: Any, convergence_tol: Any,
                     convergence_rounds: Any, max_rounds: Any, epochs_per_round: Any, rewind: Any,
-                    layer_weighting: Any) -> None:
+                    layer_weighting: Any, threshold_units: Any, reference: Any) -> None:
     """Raise :class:`~lightning_prune.errors.PruningConfigError` on the first bad argument."""
     _check(monitor is None or (isinstance(monitor, str) and bool(monitor)),
            f"monitor={monitor!r} must be a metric name", "use the name your validation_step logs, or leave it unset")
@@ -40,9 +42,18 @@ def check_arguments(*, monitor: Any, mode: Any, target: Any, max_drop: Any, para
         else:
             _check(value is None, f"{name}={value!r} is set but target={target!r}",
                    f"use target={own!r} to aim at {name}, or leave {name} unset")
-    _check(_is_number(threshold_init), f"threshold_init={threshold_init!r} must be a finite number",
+    _check(threshold_units in UNITS, f"threshold_units={threshold_units!r} is unknown; valid: {', '.join(UNITS)}",
+           "use 'quantile' (T is a fraction of the filters) or 'score' (the paper's criterion units)")
+    _check(reference in REFERENCES, f"reference={reference!r} is unknown; valid: {', '.join(REFERENCES)}",
+           "use 'retrained' (judge rounds against the unpruned model retrained alike) or 'unpruned' (the paper's)")
+    quantile = threshold_units == "quantile"
+    _check(threshold_init is None or (_is_number(threshold_init) and (not quantile or 0 <= threshold_init < 1)),
+           f"threshold_init={threshold_init!r} must be None or a finite number{' in [0, 1)' if quantile else ''}",
+           "leave it unset (the first round removes lambda_init of the filters)" if quantile else
            "use threshold_init=0.0 (the paper's start)")
-    _check(_is_number(lambda_init) and lambda_init > 0, f"lambda_init={lambda_init!r} must be a finite number > 0",
+    _check(lambda_init is None or (_is_number(lambda_init) and lambda_init > 0 and (not quantile or lambda_init < 1)),
+           f"lambda_init={lambda_init!r} must be None or a finite number > 0{' and < 1' if quantile else ''}",
+           "with threshold_units='quantile' lambda_init is a fraction of the filters, e.g. 0.05" if quantile else
            "thresholds are in score units: use a fraction of a typical importance score, e.g. 0.2")
     _check(_is_int(max_rollbacks) and max_rollbacks >= 0, f"max_rollbacks={max_rollbacks!r} must be an integer >= 0",
            "use max_rollbacks=3 (the paper's)")

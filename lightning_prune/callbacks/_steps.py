@@ -199,10 +199,13 @@ class StepExecution(PruningController):
 
     def _resolve(self, trainer: pl.Trainer, pl_module: pl.LightningModule, request: Request) -> None:
         if isinstance(request, TrialStep):
-            _check(self._phase is StructuredPhase.PRUNING and not self.report.steps and self._trial is None,
+            _check(self._trial is None, "two satellites asked for a trial epoch when pruning starts; only one can have it",
+                   "LayerFreezer's probe and AdaptiveThresholdRollback(reference='retrained') each need one: use "
+                   "reference='unpruned' beside LayerFreezer")
+            _check(self._phase is StructuredPhase.PRUNING and not self.report.steps,
                    "a TrialStep can only be requested when pruning starts (from on_pruning_start)",
                    "request it in the satellite's on_pruning_start")
-            self._start_trial(trainer, pl_module, request.epochs)
+            self._start_trial(trainer, pl_module, request.epochs, request.prune)
             return
         if isinstance(request, RewindWeights):
             now = self.snapshot(trainer, pl_module, optimizers=False)
@@ -303,19 +306,19 @@ class StepExecution(PruningController):
         info(f"[lightning_prune] {self.monitor} before pruning: {self.report.metric_before:.4f}")
         self._dispatch("on_pruning_start", trainer, pl_module)
 
-    def _start_trial(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int) -> None:
-        """Prune the next step on trial for ``epochs`` fine-tuning epochs; ``_end_trial`` undoes it."""
+    def _start_trial(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int, prune: bool = True) -> None:
+        """Prune the next step (if ``prune``) on trial for ``epochs`` fine-tuning epochs; ``_end_trial`` undoes it."""
         started = time.perf_counter()
         snapshot = self.snapshot(trainer, pl_module, optimizers=False)
-        components = self._apply_step(trainer, pl_module, self._next_step)
+        components = self._apply_step(trainer, pl_module, self._next_step) if prune else []
         self._trial = {"snapshot": snapshot, "components": components, "epochs_left": epochs - 1,
                        "seconds": time.perf_counter() - started}
         self._enter(trainer, pl_module, StructuredPhase.TRIAL)
         self._dispatch("on_trial_start", trainer, pl_module)
         self._finetune_started = time.perf_counter()
         _lightning.set_epoch_bound(trainer, self._epochs_bound(trainer))
-        info(f"[lightning_prune] trial step: {', '.join(components)} pruned on trial for {epochs} fine-tuning "
-             f"epoch{'s' if epochs > 1 else ''}, then undone")
+        what = f"{', '.join(components)} pruned" if prune else "the unpruned model trained"
+        info(f"[lightning_prune] trial step: {what} on trial for {epochs} epoch{'s' if epochs > 1 else ''}, then undone")
 
     def _end_trial(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self._trial is not None

@@ -72,11 +72,14 @@ class RewindWeights(Request):
 class TrialStep(Request):
     """Prune the next step on trial, fine-tune it ``epochs`` epochs, then undo it exactly.
 
-    Only when pruning starts (from ``on_pruning_start``). Satellites hear ``on_trial_start`` after the
-    trial surgery and ``on_trial_end`` after its fine-tuning, before the model is restored.
+    Only when pruning starts (from ``on_pruning_start``), one per run. Satellites hear ``on_trial_start``
+    after the trial surgery and ``on_trial_end`` after its fine-tuning, before the model is restored.
+    With ``prune=False`` nothing is pruned: the unpruned model trains ``epochs`` epochs on trial (what
+    retraining alone does to it), then is restored.
     """
 
     epochs: int = 1
+    prune: bool = True
 
 
 class PruningSatellite:

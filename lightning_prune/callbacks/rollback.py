@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
@@ -25,6 +24,7 @@ from lightning_prune.callbacks.base import (
     PruningSatellite,
     RestoreSnapshot,
     RewindWeights,
+    TrialStep,
     adopt_monitor,
     check_resume_hparams,
     check_single,
@@ -34,6 +34,7 @@ from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.schedules import AdaptiveThresholdPlanner, PruningPlanner
 from lightning_prune.state import StepRecord, largest_drop
+from lightning_prune.structural import graph as structure
 from lightning_prune.structural import snapshot as snapshots
 
 _EPS = 1e-12
@@ -43,16 +44,17 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
     """AAP's adaptive pruning policy: raise a global threshold while rounds are acceptable, roll back when not.
 
     Round ``r`` prunes, in every prunable layer ``i``, each filter whose score (the controller's
-    importance criterion: ``"attention"`` is the paper's, ``"l1"`` its ILP comparison) is ``<=
-    T * N_i / N_total``, where ``N_i`` is the layer's parameters (``layer.group_params``: the filters'
-    own weights plus the BatchNorm and next-layer inputs they take with them) or its MACs, then
-    retrains ``epochs_per_round`` epochs and evaluates. Thresholds are in the criterion's units (for
-    attention, the scale of the post-ReLU activations), so choose ``lambda_init`` relative to typical
-    scores. A layer always keeps its best-scoring filter. No round is empty: a ``T`` at which no filter
-    would go (``T <= 0`` at the start; a retry after a rollback that would prune nothing new) is raised
-    to the smallest ``T`` that prunes one, and the round records that ``T``, so no retraining is spent
-    on an unchanged model. If every pruned round is unacceptable, a warning says so, with the smallest
-    drop seen and what to change.
+    criterion: ``"attention"`` is the paper's) is ``<= T * N_i / N_total``, ``N_i`` the layer's
+    parameters (its group's) or MACs, then retrains ``epochs_per_round`` epochs and evaluates. ``threshold_units="quantile"`` (default): ``T``
+    is the fraction of the unpruned network's prunable filters gone after the round, the filters taken
+    in the same layer-aware order (score over ``N_i / N_total``), so ``lambda_init=0.05`` (5 % of the
+    filters a round, the paper's fixed-rate comparison) means the same on every network and criterion.
+    ``"score"`` (the paper's): ``T`` in the criterion's units (for attention, the scale of the post-ReLU
+    activations); choose ``lambda_init`` relative to typical scores. A layer always keeps its
+    best-scoring filter. No round is empty: a ``T`` at which no filter would go (``T <= 0``; a retry
+    after a rollback that would prune nothing new) is raised to the smallest ``T`` that prunes one, and
+    the round records that ``T``, so no retraining is spent on an unchanged model. If every pruned round
+    is unacceptable, a warning says so, with the smallest drop seen and what to change.
 
     Acceptable round (see ``target``): ``T += lambda``. Unacceptable: roll back structure, weights,
     optimizer state, ``T`` and ``lambda`` exactly to the last acceptable round ``k`` (kept as a CPU
@@ -70,19 +72,21 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
 
     Targets:
         ``"accuracy"``: acceptable when the metric dropped by at most ``max_drop`` (metric units; 0.01
-        is one point of accuracy logged as a fraction) versus the unpruned model.
+        is one point of accuracy logged as a fraction) versus the reference. ``reference="retrained"``
+        (default): when pruning starts, the unpruned model retrains ``epochs_per_round`` epochs on trial
+        (then is restored); the reference is the worse of its metric before and after, so a drop that
+        retraining alone causes (e.g. a learning rate too high for a trained model) is not blamed on
+        pruning, and a gain it brings is not demanded of it. The final model can then sit up to
+        ``max_drop`` under that retrained value; ``report.json`` has both. ``"unpruned"`` (the paper's):
+        the metric before pruning.
         ``"params"`` / ``"flops"``: acceptable when the reduction of parameters / MACs versus the
         unpruned model is at most ``param_reduction`` / ``flops_reduction`` (the paper's Algorithms 4
         and 5: the rule approaches the target from below, halving ``lambda`` at every overshoot).
 
-    Rewinding (what a round's retraining starts from):
-        ``"lr"``: the optimizer and LR scheduler freshly built from ``configure_optimizers`` (the LR
-        schedule restarts, momentum is reset) - what the controller does after every structural change,
-        and the authors' code's LR rewinding. ``"none"``: the LR schedulers continue from where the
-        previous round's retraining left them (momentum is still reset: the pruned parameters are new
-        tensors); without a scheduler it is the same as ``"lr"``. ``"weights"``: ``"lr"`` plus LTH weight
-        rewinding: after the prune, the surviving filters get their values from round 0 (the model when
-        pruning started), i.e. the round-0 snapshot pruned to the current structure.
+    Rewinding (what a round's retraining starts from): ``"lr"``: optimizer and LR schedule freshly
+    built (the authors' LR rewinding; what the controller does after every structural change).
+    ``"none"``: the LR schedules continue from the previous round (momentum is still reset).
+    ``"weights"``: ``"lr"`` plus LTH weight rewinding (survivors get their round-0 values).
 
     Args:
         monitor: The controller's monitor (``None``: take it from the controller).
@@ -91,8 +95,10 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         max_drop: Accuracy target: the largest acceptable drop, in the metric's units (>= 0).
         param_reduction: Params target: fraction of parameters to remove, in (0, 1).
         flops_reduction: FLOPs target: fraction of MACs to remove, in (0, 1).
-        threshold_init: ``T`` of the first round (0: only filters scoring 0 go, else the lowest-scoring).
-        lambda_init: The first step of ``T`` (paper 0.005, the authors' code 1.0, ICE's re-run 0.2).
+        threshold_init: ``T`` of the first round (``None``: ``lambda_init`` for quantile units, 0 for score
+            units, where only filters scoring 0 go, else the lowest-scoring one).
+        lambda_init: The first step of ``T`` (``None``: 0.05 for quantile units; 0.005 for score units,
+            the paper's; the authors' code used 1.0, ICE's re-run 0.2).
         max_rollbacks: Rollbacks to one round before it is marked unacceptable.
         convergence_tol: Relative size change under which a round counts as converged.
         convergence_rounds: Successive converged acceptable rounds that end the loop.
@@ -101,18 +107,19 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         rewind: ``"none"``, ``"lr"`` or ``"weights"`` (above).
         layer_weighting: ``N_i`` from ``"params"`` or ``"flops"``; default: ``"flops"`` for the FLOPs
             target, else ``"params"``.
+        threshold_units: ``"quantile"`` (a fraction of the original filters) or ``"score"`` (above).
+        reference: Accuracy target: ``"retrained"`` or ``"unpruned"`` (above).
 
-    The threshold rule lives in :class:`~lightning_prune.schedules.AdaptiveThresholdPlanner` (it owns
-    ``T`` and ``lambda``); this callback provides it to the controller, judges each round, and asks the
-    controller for rollbacks (:class:`~lightning_prune.callbacks.base.RestoreSnapshot`) and weight
-    rewinding (:class:`~lightning_prune.callbacks.base.RewindWeights`). ``report.json`` gains
-    ``extra.rounds`` and ``extra.aap``.
+    Budget: at most ``max_rounds * epochs_per_round`` epochs of rounds, rolled back or not, plus
+    ``epochs_per_round`` for the reference retraining.
+
+    The rule's ``T`` and ``lambda`` live in :class:`~lightning_prune.schedules.AdaptiveThresholdPlanner`;
+    rollbacks are requests to the controller. ``report.json`` gains ``extra.rounds`` and ``extra.aap``.
 
     Example:
         >>> from lightning_prune import AdaptiveThresholdRollback, StructuredPruning
         >>> from lightning_prune.demos import DemoModule, demo_loaders, demo_trainer
-        >>> aap = AdaptiveThresholdRollback(target="params", max_drop=None, param_reduction=0.3, lambda_init=4.0,
-        ...                                 max_rounds=3)
+        >>> aap = AdaptiveThresholdRollback(target="params", param_reduction=0.3, max_rounds=3)
         >>> demo_trainer([StructuredPruning(), aap]).fit(DemoModule(), *demo_loaders())
         >>> [r["round"] for r in aap.rounds], aap.stop_reason
         ([0, 1, 2, 3], 'max_rounds')
@@ -126,8 +133,8 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         max_drop: float | None = 0.01,
         param_reduction: float | None = None,
         flops_reduction: float | None = None,
-        threshold_init: float = 0.0,
-        lambda_init: float = 0.005,
+        threshold_init: float | None = None,
+        lambda_init: float | None = None,
         max_rollbacks: int = 3,
         convergence_tol: float = 0.001,
         convergence_rounds: int = 3,
@@ -135,23 +142,30 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         epochs_per_round: int = 1,
         rewind: str = "lr",
         layer_weighting: str | None = None,
+        threshold_units: str = "quantile",
+        reference: str = "retrained",
     ) -> None:
         check_arguments(monitor=monitor, mode=mode, target=target, max_drop=max_drop, param_reduction=param_reduction,
                         flops_reduction=flops_reduction, threshold_init=threshold_init, lambda_init=lambda_init,
                         max_rollbacks=max_rollbacks, convergence_tol=convergence_tol,
                         convergence_rounds=convergence_rounds, max_rounds=max_rounds,
-                        epochs_per_round=epochs_per_round, rewind=rewind, layer_weighting=layer_weighting)
+                        epochs_per_round=epochs_per_round, rewind=rewind, layer_weighting=layer_weighting,
+                        threshold_units=threshold_units, reference=reference)
         self.monitor, self.mode, self.target = monitor, mode, target
         self._given = {"monitor": monitor, "mode": mode}
         self.max_drop = float(max_drop) if target == "accuracy" else None
         self.param_reduction = None if param_reduction is None else float(param_reduction)
         self.flops_reduction = None if flops_reduction is None else float(flops_reduction)
-        self.threshold_init, self.lambda_init = float(threshold_init), float(lambda_init)
+        self.threshold_units, self.reference = threshold_units, reference
+        quantile = threshold_units == "quantile"
+        self.lambda_init = float(lambda_init if lambda_init is not None else 0.05 if quantile else 0.005)
+        self.threshold_init = float(threshold_init if threshold_init is not None else self.lambda_init if quantile else 0.0)
         self.max_rollbacks, self.convergence_tol = max_rollbacks, float(convergence_tol)
         self.convergence_rounds, self.max_rounds, self.epochs_per_round = convergence_rounds, max_rounds, epochs_per_round
         self.rewind = rewind
         self.layer_weighting = layer_weighting or ("flops" if target == "flops" else "params")
-        self.planner = AdaptiveThresholdPlanner(self.threshold_init, self.lambda_init, self.layer_weighting)
+        self.planner = AdaptiveThresholdPlanner(self.threshold_init, self.lambda_init, self.layer_weighting,
+                                                self.threshold_units)
         self._reset()
 
     def _reset(self) -> None:
@@ -169,6 +183,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self._stable = 0
         self._current: int | None = None  # the round whose snapshot the model equals now (once resolved)
         self._schedulers: list[dict[str, Any]] | None = None
+        self._retrained: float | None = None  # the unpruned model's metric after one round's retraining on trial
 
     @property
     def threshold(self) -> float:
@@ -199,6 +214,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             "max_rollbacks": self.max_rollbacks, "convergence_tol": self.convergence_tol,
             "convergence_rounds": self.convergence_rounds, "max_rounds": self.max_rounds,
             "epochs_per_round": self.epochs_per_round, "rewind": self.rewind, "layer_weighting": self.layer_weighting,
+            "threshold_units": self.threshold_units, "reference": self.reference,
         }
 
     @override
@@ -210,7 +226,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             "round": self._round, "stack": list(self._stack), "round0": self._round0, "best": self._best,
             "rollbacks": [[k, v] for k, v in self._rollbacks.items()], "marked": list(self._marked),
             "stable": self._stable, "current": self._current, "spatial": dict(self.planner.spatial),
-            "schedulers": self._schedulers,
+            "schedulers": self._schedulers, "retrained": self._retrained,
         }
 
     @override
@@ -230,28 +246,11 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self._current = state_dict["current"]
         self.planner.spatial = dict(state_dict["spatial"])
         self._schedulers = state_dict["schedulers"]
+        self._retrained = state_dict.get("retrained")
 
     # ------------------------------------------------------------------ sizes
     def _size(self, params: int, macs: int) -> int:
         return macs if self.target == "flops" or (self.target == "accuracy" and self.layer_weighting == "flops") else params
-
-    def _measure_spatial(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: Any) -> None:
-        """Output positions (H * W) of every prunable layer: fixed by the input, not by pruning."""
-        modules = dict(pl_module.named_modules())
-        handles = []
-        for name in self.planner.original:
-            def hook(_m: Any, _i: Any, out: Any, name: str = name) -> None:
-                self.planner.spatial[name] = int(out[0, 0].numel()) if isinstance(out, torch.Tensor) and out.dim() > 2 else 1
-            handles.append(modules[name].register_forward_hook(hook))
-        training = pl_module.training
-        try:
-            pl_module.eval()
-            with torch.no_grad():
-                pl_module(controller.example_input(trainer, pl_module))
-        finally:
-            pl_module.train(training)
-            for handle in handles:
-                handle.remove()
 
     # ------------------------------------------------------------------ Lightning hooks and votes
     @override
@@ -277,7 +276,9 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             "target": self.target, "max_drop": self.max_drop, "param_reduction": self.param_reduction,
             "flops_reduction": self.flops_reduction, "rewind": self.rewind, "layer_weighting": self.layer_weighting,
             "stop_reason": self.stop_reason, "final_round": self.final_round, "marked_unacceptable": list(self._marked),
-            "snapshots_kept": len(self._kept()),
+            "snapshots_kept": len(self._kept()), "threshold_units": self.threshold_units,
+            "reference": self.reference, "metric_retrained_unpruned": self._retrained,
+            "reference_metric": self._reference_metric(self.rounds[0]["metric"]),
         }} if self.rounds else {}
 
     # ------------------------------------------------------------------ pruning events
@@ -296,7 +297,8 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             )
         self._reset()
         if self.layer_weighting == "flops":
-            self._measure_spatial(trainer, pl_module, controller)
+            self.planner.spatial = structure.output_positions(pl_module, controller.example_input(trainer, pl_module),
+                                                              list(self.planner.original))
         size = self._size(report.params_before, report.macs_before)
         entry = {"round": 0, "threshold": self.threshold_init - self.lambda_init, "lambda": self.lambda_init,
                  "size": size, "metric": report.metric_before, "snapshot": controller.snapshot(trainer, pl_module)}
@@ -306,6 +308,21 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
                             "rolled_back_to": None})
         self._round = 1
         self.planner.finished = self.max_rounds < 1
+        if self._judged_against_retraining() and not self.finished:
+            controller.request(TrialStep(epochs=self.epochs_per_round, prune=False))
+
+    @override
+    def on_trial_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: PruningController) -> None:
+        """The reference retraining of the unpruned model is done: its metric (the model is restored next)."""
+        if not self._judged_against_retraining():
+            return  # another satellite's trial
+        value = controller.last_validation()
+        value = controller.measure(trainer) if value is None else value
+        self._retrained = float(trainer.strategy.broadcast(value, src=0))
+        before = controller.report.metric_before
+        info(f"[lightning_prune] AAP reference: {self.monitor} {before:.4f} unpruned, {self._retrained:.4f} after "
+             f"{self.epochs_per_round} epoch{'s' if self.epochs_per_round > 1 else ''} of retraining alone; rounds are "
+             f"judged against {self._reference_metric(before):.4f}")
 
     @override
     def on_step_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule, controller: PruningController,
@@ -393,13 +410,23 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
     def _acceptable(self, controller: PruningController, record: StepRecord) -> bool:
         report = controller.report
         if self.target == "accuracy":
-            metric, before = record.metric_after_finetune, report.metric_before
+            metric, before = record.metric_after_finetune, self._reference_metric(report.metric_before)
             if metric is None or before is None or not math.isfinite(metric):
                 return False
             return self._drop(before, metric) <= self.max_drop + _EPS  # type: ignore[operator]
         if self.target == "params":
             return 1 - record.params / max(report.params_before, 1) <= self.param_reduction + _EPS  # type: ignore[operator]
         return 1 - record.macs / max(report.macs_before, 1) <= self.flops_reduction + _EPS  # type: ignore[operator]
+
+    def _judged_against_retraining(self) -> bool:
+        return self.target == "accuracy" and self.reference == "retrained"
+
+    def _reference_metric(self, before: float | None) -> float | None:
+        """What rounds are judged against: the unpruned model's metric, or (``reference="retrained"``) the
+        worse of it and the unpruned model's after one round's retraining alone."""
+        if self._retrained is None or before is None:
+            return before
+        return before if self._drop(before, self._retrained) <= 0 else self._retrained
 
     def _drop(self, before: float, metric: float) -> float:
         """How much worse ``metric`` is than ``before`` (negative: better)."""
@@ -418,11 +445,12 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         if self.target != "accuracy" or not tried or self.rounds[0]["metric"] is None:
             return (f"[lightning_prune] AAP pruned nothing: {what}; the unpruned model is handed back. HINT: lower "
                     "lambda_init so that a round prunes less")
-        before = self.rounds[0]["metric"]
+        before = self._reference_metric(self.rounds[0]["metric"])
         best = min(tried, key=lambda r: self._drop(before, r["metric"]))
         drop = self._drop(before, best["metric"])
         return (f"[lightning_prune] AAP pruned nothing: {what}. The smallest {self.monitor} drop was {drop:.4g} "
-                f"(round {best['round']}, {best['params']:,} parameters) against max_drop={self.max_drop:g}; the "
+                f"(round {best['round']}, {best['params']:,} parameters, against {before:.4g}) with "
+                f"max_drop={self.max_drop:g}; the "
                 "unpruned model is handed back. HINT: if round 1's drop comes from retraining rather than pruning "
                 "(a learning rate too high for a trained model), lower the learning rate; else raise max_drop or "
                 "epochs_per_round")

@@ -378,6 +378,19 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Te
     return total // max(1, inputs[0].shape[0])
 
 
+def output_positions(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
+                     names: Sequence[str]) -> dict[str, int]:
+    """Output positions (``H * W``; 1 for a flat output) of the named conv and linear layers."""
+    wanted, found = {m: n for n, m in model.named_modules() if n in set(names)}, {}
+
+    def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if module in wanted:
+            found[wanted[module]] = int(output[0, 0].numel()) if output.dim() > 2 else 1
+
+    _run_with_hooks(model, example_input, _ROOT_TYPES, hook)
+    return found
+
+
 def count_params(model: nn.Module) -> int:
     """All parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())

@@ -106,6 +106,8 @@ def test_aap_rolls_back_identically(tmp_path: Path) -> None:
     rounds = ranks[0]["report"]["extra"]["rounds"]
     rolled = [r for r in rounds if r["rolled_back_to"] is not None]
     assert rolled and any(r["params"] < rounds[0]["params"] for r in rolled)  # a pruned round was undone
+    aap = ranks[0]["report"]["extra"]["aap"]
+    assert aap["reference"] == "retrained" and aap["metric_retrained_unpruned"] is not None  # one trial, both ranks
 
 
 def test_aap_stopped_short_restores_its_best_round_identically(tmp_path: Path) -> None:
