@@ -1,13 +1,13 @@
-"""AAP on pretrained CIFAR ResNet-20 (and ResNet-32) / CIFAR-10: the paper's Tables 3 and 4, and the targets.
+"""AAP on a pretrained CIFAR ResNet (56 by default, or 20 / 32) / CIFAR-10: the paper's Tables 3 and 4, and the targets.
 
-Groups of runs, from configs/aap_resnet20_cifar10.yaml (one retraining epoch a round at lr 1e-3, lambda 0.2):
+Groups of runs, from configs/aap_resnet20_cifar10.yaml with the network swapped in (one retraining epoch a
+round at lr 1e-3; thresholds as a fraction of the filters, lambda 0.05; rounds judged against the unpruned
+model retrained alike):
 
+* ``accuracy`` (the accuracy-target run): a 1-point budget, attention (AAP) and L1 thresholds;
 * ``oneshot`` (Table 3): one-shot pruning of 57 % of every prunable conv's filters (about 58 % of the
   parameters, the paper's 57.73 %), no fine-tuning, ranked by attention mean p = 1, 2, 4, attention
-  sum, attention max, L1 and random; on ResNet-20 and ResNet-32; repeated at 30 % of the filters,
-  where these small networks still keep enough accuracy to tell the criteria apart;
-* ``accuracy`` (the accuracy-target run): a 1-point budget, attention (AAP) and L1 thresholds (lambda
-  scaled to L1's score range);
+  sum, attention max, L1 and random; repeated at 30 % of the filters;
 * ``size``: parameter target 50 % and FLOPs target 50 % with attention; the parameter-target run is
   the adaptive row of Table 4;
 * ``fixed`` (Table 4): fixed-rate iterative attention (IAP) and L1 (ILP) pruning, 5 % of the filters a
@@ -20,9 +20,10 @@ the training split) and every final model is tested on the other half. Results:
 ``results.jsonl`` (with every run's ``rounds``) and ``results.md`` in ``--out``; a rerun resumes.
 
 Example:
-    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/aap.py --subset-fraction 0.1 --out benchmarks/results/aap
+    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/aap.py --network resnet56 --subset-fraction 0.1
     # smoke test on a tiny subset:
-    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/aap.py --subset-fraction 0.01 --max-rounds 2 --only accuracy
+    LIGHTNING_PRUNE_DATA=/path/to/data python benchmarks/aap.py --subset-fraction 0.01 --max-rounds 2 --only accuracy \
+        --out /tmp/aap_smoke
 """
 
 from __future__ import annotations
@@ -45,15 +46,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import dense_test_accuracy, run_plan  # noqa: E402
 
 BASE = Path(__file__).parents[1] / "configs" / "aap_resnet20_cifar10.yaml"
-#: L1 norms of ResNet-20's 3x3 filters are O(1-10) where attention scores are O(0.1-1).
-L1_LAMBDA_SCALE = 10.0
 #: Fractions of every prunable conv's filters removed in the one-shot runs; 0.57 is 58 % of ResNet-20's
 #: parameters (the paper's 57.73 %), 0.30 a milder level.
 ONESHOT_RATIOS = (0.57, 0.30)
 #: Filters removed per round by the fixed-rate runs (the paper's IAP / ILP rate).
 FIXED_RATE = 0.05
 MODELS = {"resnet20": ("cifar_resnet20", "weights/resnet20-12fca82f.th"),
-          "resnet32": ("cifar_resnet32", "weights/resnet32-d509ac18.th")}
+          "resnet32": ("cifar_resnet32", "weights/resnet32-d509ac18.th"),
+          "resnet56": ("cifar_resnet56", "weights/resnet56-4bfd9763.th")}
+#: The network of this invocation (``--network``).
+NETWORK = ["resnet56"]
 CRITERIA = {  # Table 3's rows: (importance, importance_kwargs)
     "attention_mean_p1": ("attention", {"reduction": "mean", "p": 1.0}),
     "attention_mean_p2": ("attention", {"reduction": "mean", "p": 2.0}),
@@ -81,15 +83,14 @@ def variant(base: dict[str, Any], importance: str = "attention", target: str = "
     else:
         args["max_drop"] = None
         args[f"{'param' if target == 'params' else 'flops'}_reduction"] = level
-    if importance == "l1":
-        args["lambda_init"] = args["lambda_init"] * L1_LAMBDA_SCALE
+    config["model"]["init_args"]["model"], config["model"]["init_args"]["weights"] = MODELS[NETWORK[0]]
     if max_rounds is not None:
         args["max_rounds"] = max_rounds
     return config
 
 
 def uniform(base: dict[str, Any], importance: str, importance_kwargs: dict[str, Any], ratio: float, steps: int,
-            final_epochs: int, model: str = "resnet20") -> dict[str, Any]:
+            final_epochs: int, model: str | None = None) -> dict[str, Any]:
     """The base config with StructuredPruning alone: ``steps`` uniform local steps to ``ratio`` of the filters."""
     config = copy.deepcopy(base)
     controller = config["trainer"]["callbacks"][0]
@@ -98,7 +99,7 @@ def uniform(base: dict[str, Any], importance: str, importance_kwargs: dict[str, 
         pruning_ratio=ratio, steps=steps, finetune_epochs=1 if steps > 1 or final_epochs else 0,
         final_finetune_epochs=final_epochs)
     config["trainer"]["callbacks"] = [controller]
-    config["model"]["init_args"]["model"], config["model"]["init_args"]["weights"] = MODELS[model]
+    config["model"]["init_args"]["model"], config["model"]["init_args"]["weights"] = MODELS[model or NETWORK[0]]
     return config
 
 
@@ -128,15 +129,16 @@ def oneshot_name(ratio: float, model: str, criterion: str) -> str:
 def plan(only: set[str] | None, max_rounds: int | None) -> list[tuple[str, str, dict[str, Any]]]:
     """(group, name, config) for every run that needs no other run's result."""
     base = yaml.safe_load(BASE.read_text())
+    model = NETWORK[0]
     runs = [
-        ("oneshot", oneshot_name(ratio, model, name), uniform(base, importance, kwargs, ratio, 1, 0, model))
-        for ratio in ONESHOT_RATIOS for model in MODELS for name, (importance, kwargs) in CRITERIA.items()
-    ]
-    runs += [
         ("accuracy", "attention_acc1", variant(base, "attention", "accuracy", 0.01, max_rounds)),
         ("size", "attention_params50", variant(base, "attention", "params", 0.5, max_rounds)),
-        ("accuracy", "l1_acc1", variant(base, "l1", "accuracy", 0.01, max_rounds)),
         ("size", "attention_flops50", variant(base, "attention", "flops", 0.5, max_rounds)),
+        ("accuracy", "l1_acc1", variant(base, "l1", "accuracy", 0.01, max_rounds)),
+    ]
+    runs += [
+        ("oneshot", oneshot_name(ratio, model, name), uniform(base, importance, kwargs, ratio, 1, 0, model))
+        for ratio in ONESHOT_RATIOS for name, (importance, kwargs) in CRITERIA.items()
     ]
     return [r for r in runs if only is None or r[0] in only]
 
@@ -146,7 +148,7 @@ def fixed_rate_plan(adaptive: dict[str, Any]) -> list[tuple[str, str, dict[str, 
     base = yaml.safe_load(BASE.read_text())
     reduction = 1 - adaptive["params_after"] / adaptive["params_before"]
     epochs = len(adaptive["rounds"]) - 1  # every round, rolled back or not, trained one epoch
-    ratio = matching_ratio("resnet20", reduction)
+    ratio = matching_ratio(NETWORK[0], reduction)
     steps = max(1, min(epochs, round(ratio / FIXED_RATE)))
     return [("fixed", f"{name}_fixed", uniform(base, importance, kwargs, ratio, steps, epochs - steps))
             for name, (importance, kwargs) in (("iap", CRITERIA["attention_mean_p1"]), ("ilp", CRITERIA["l1"]))]
@@ -165,9 +167,10 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
     """``results.md``: one table per group."""
     lines = ["# AAP benchmark: pretrained CIFAR ResNets on CIFAR-10", ""]
     first = next(iter(rows.values()), {})
-    lines += [f"subset_fraction {first.get('subset_fraction')}, {first.get('threads')} CPU threads, "
+    unpruned = first.get("unpruned_test")
+    lines += [f"{NETWORK[0]}, subset_fraction {first.get('subset_fraction')}, {first.get('threads')} CPU threads, "
               f"torch {first.get('torch')}; validation on a seeded half of the CIFAR-10 test split, test accuracy on "
-              "the other half (the full test split for rows measured before val_from existed).", ""]
+              f"the other half (unpruned: {'-' if unpruned is None else f'{100 * unpruned:.2f}'} %).", ""]
     oneshot = {n: r for n, r in rows.items() if r["group"] == "oneshot"}
     if oneshot:
         lines += ["## Table 3 analogue: one-shot, no fine-tuning", "",
@@ -225,7 +228,7 @@ def plot(rows: dict[str, dict[str, Any]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    series = [(ratio, model) for ratio in ONESHOT_RATIOS for model in MODELS]
+    series = [(ratio, NETWORK[0]) for ratio in ONESHOT_RATIOS]
     for offset, (ratio, model) in enumerate(series):
         names = [oneshot_name(ratio, model, c) for c in CRITERIA]
         if all(n in rows for n in names):
@@ -261,16 +264,53 @@ def plot(rows: dict[str, dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def epochs_of(row: dict[str, Any]) -> int:
+    """Training epochs a run spent: one a round (rolled back or not), the reference retraining, fixed runs' own."""
+    if row["group"] == "fixed":
+        return row["steps"] + row.get("final_epochs", 0)
+    return len(row.get("rounds", [])) - 1 + (1 if row.get("aap", {}).get("metric_retrained_unpruned") is not None else 0)
+
+
+def summary(rows: dict[str, dict[str, Any]], out: Path, unpruned: float | None) -> None:
+    """``summary.json`` with the issue's keys (accuracy in percent, reductions as fractions)."""
+    def pct(row: dict[str, Any] | None) -> float | None:
+        test = (row or {}).get("test", {}).get("test_acc")
+        return None if test is None else round(100 * test, 2)
+
+    def target(name: str) -> dict[str, Any] | None:
+        row = rows.get(name)
+        if row is None:
+            return None
+        return {"max_drop_pt": None if unpruned is None or pct(row) is None else round(100 * unpruned - pct(row), 2),
+                "params_reduction": round(1 - row["params_after"] / row["params_before"], 4),
+                "macs_reduction": round(1 - row["macs_after"] / row["macs_before"], 4),
+                "test_acc": pct(row), "epochs": epochs_of(row), "seconds": round(row["seconds_total"], 1)}
+
+    adaptive = rows.get("attention_params50")
+    table4 = None if adaptive is None else {
+        "adaptive": pct(adaptive), "iap": pct(rows.get("iap_fixed")), "ilp": pct(rows.get("ilp_fixed")),
+        "params_reduction": round(1 - adaptive["params_after"] / adaptive["params_before"], 4),
+        "epochs": epochs_of(adaptive)}
+    first = next(iter(rows.values()), {})
+    data = {"network": NETWORK[0], "device": first.get("device"), "threads": first.get("threads"),
+            "unpruned_test_acc": None if unpruned is None else round(100 * unpruned, 2),
+            "accuracy_target": target("attention_acc1"), "params_target": target("attention_params50"),
+            "flops_target": target("attention_flops50"), "table4": table4}
+    (out / "summary.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
 def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subset-fraction", type=float, default=0.1)
     parser.add_argument("--max-rounds", type=int, default=None, help="override max_rounds (smoke tests)")
-    parser.add_argument("--out", default="benchmarks/results/aap")
+    parser.add_argument("--network", default="resnet56", choices=sorted(MODELS))
+    parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/aap/NETWORK)")
     parser.add_argument("--only", nargs="*", choices=["oneshot", "accuracy", "size", "fixed"],
                         help="run only these groups")
     args = parser.parse_args()
-    out = Path(args.out)
+    NETWORK[0] = args.network
+    out = Path(args.out or f"benchmarks/results/aap/{args.network}")
     only = set(args.only) if args.only else None
     extra = [f"--data.init_args.subset_fraction={args.subset_fraction}", "--trainer.enable_progress_bar=false"]
 
@@ -289,13 +329,20 @@ def main() -> None:
             row["test_before"] = dense[model]
         row.update(subset_fraction=args.subset_fraction,
                    final_epochs=config["trainer"]["callbacks"][0]["init_args"].get("final_finetune_epochs", 0))
+        if "unpruned" not in dense:
+            dense["unpruned"] = dense_test_accuracy(config)
+        row["unpruned_test"] = dense["unpruned"]
+
+    def write(rows: dict[str, dict[str, Any]], out: Path) -> None:
+        report(rows, out)
+        summary(rows, out, dense.get("unpruned"))
 
     runs = plan(only, args.max_rounds)
     split = next((i + 1 for i, run in enumerate(runs) if run[1] == "attention_params50"), len(runs))
-    rows = run_plan(runs[:split], out, extra, report, enrich)  # up to Table 4's adaptive run
+    rows = run_plan(runs[:split], out, extra, write, enrich)  # up to Table 4's adaptive run
     if (only is None or "fixed" in only) and "attention_params50" in rows:
-        rows = run_plan(fixed_rate_plan(rows["attention_params50"]), out, extra, report, enrich)
-    run_plan(runs[split:], out, extra, report, enrich)
+        rows = run_plan(fixed_rate_plan(rows["attention_params50"]), out, extra, write, enrich)
+    run_plan(runs[split:], out, extra, write, enrich)
 
 
 if __name__ == "__main__":
