@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_prune import (
     AdaptiveThresholdRollback,
+    LayerFreezer,
     PruningConfigError,
     PruningSatellite,
     StructuredPruning,
@@ -467,6 +468,20 @@ def test_bad_setups_raise_with_a_hint(controller: dict[str, Any], adaptive: dict
     with pytest.raises(PruningConfigError, match=match) as info:
         trainer.fit(LitTiny(), train, val)
     assert "HINT:" in str(info.value)
+
+
+def test_the_reference_trial_and_layer_freezers_probe_cannot_share_a_run() -> None:
+    torch.manual_seed(0)
+    module = LitTiny()
+    shapes = {n: p.shape for n, p in module.named_parameters()}
+    with pytest.raises(PruningConfigError, match="two satellites asked for a trial epoch") as info:
+        fit(module, AdaptiveThresholdRollback(max_drop=0.2, max_rounds=2), LayerFreezer(freeze_fraction=0.3))
+    assert "use reference='unpruned' beside LayerFreezer" in str(info.value)
+    assert {n: p.shape for n, p in module.named_parameters()} == shapes  # AAP's trial, asked first, prunes nothing
+    # the paper's reference needs no trial: the two work together
+    pruning, _ = fit(LitTiny(), AdaptiveThresholdRollback(max_drop=0.2, max_rounds=1, reference="unpruned"),
+                     LayerFreezer(freeze_fraction=0.3))
+    assert pruning.report.extra["aap"]["metric_retrained_unpruned"] is None and "layer_freezer" in pruning.report.extra
 
 
 def test_monitor_and_mode_default_to_the_controllers() -> None:
