@@ -228,6 +228,9 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
                          f"| {_pct(r['macs_before'], r['macs_after'])} | {rounds} | {epochs} "
                          f"| {r['seconds_total']:.0f} |")
         lines.append("")
+    analysis = out / "analysis.md"  # the hand-written reading of the tables, kept across reruns
+    if analysis.exists():
+        lines += ["", analysis.read_text()]
     (out / "results.md").write_text("\n".join(lines))
     plot(rows, out)
 

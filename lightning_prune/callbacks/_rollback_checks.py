@@ -1,4 +1,4 @@
-"""Argument checks of :class:`~lightning_prune.AdaptiveThresholdRollback`, each with a HINT."""
+"""Argument checks of :class:`~lightning_prune.AdaptiveThresholdRollback`, each with a HINT, and its warning."""
 
 from __future__ import annotations
 
@@ -67,3 +67,20 @@ def check_arguments(*, monitor: Any, mode: Any, target: Any, max_drop: Any, para
     _check(layer_weighting in (None, "params", "flops"),
            f"layer_weighting={layer_weighting!r} is unknown; valid: params, flops",
            "use 'params' for size targets, 'flops' for the FLOPs target")
+
+
+def nothing_pruned_warning(rounds: list[dict[str, Any]], *, stop_reason: str | None, target: str, monitor: str | None,
+                           mode: str | None, max_drop: float | None, reference: str, against: float | None) -> str:
+    """The warning when every pruned round was unacceptable: what was tried, and what to change."""
+    tried = [r for r in rounds[1:] if r["metric"] is not None]
+    what = f"{len(rounds) - 1} pruned rounds were all unacceptable ({stop_reason})"
+    if target != "accuracy" or not tried or against is None:
+        return (f"[lightning_prune] AAP pruned nothing: {what}; the unpruned model is handed back. HINT: lower "
+                "lambda_init so that a round prunes less")
+    drops = {r["round"]: against - r["metric"] if mode == "max" else r["metric"] - against for r in tried}
+    best = min(tried, key=lambda r: drops[r["round"]])
+    cause = ("lower the learning rate if retraining alone lowers the metric (reference='retrained' judges rounds "
+             "against that)" if reference == "unpruned" else "lower lambda_init so that a round prunes less")
+    return (f"[lightning_prune] AAP pruned nothing: {what}. The smallest {monitor} drop was {drops[best['round']]:.4g} "
+            f"(round {best['round']}, {best['params']:,} parameters, against {against:.4g}) with max_drop={max_drop:g}; "
+            f"the unpruned model is handed back. HINT: {cause}; else raise max_drop or epochs_per_round")

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_prune._logging import info, warn
-from lightning_prune.callbacks._rollback_checks import check_arguments
+from lightning_prune.callbacks import _rollback_checks as checks
 from lightning_prune.callbacks.base import (
     PruningController,
     PruningSatellite,
@@ -64,11 +64,10 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
     definition (for the rule it has ``T_0 = threshold_init - lambda_init``, so round 1 uses
     ``threshold_init``). The loop stops when the size (parameters, or MACs for ``target="flops"`` /
     ``layer_weighting="flops"``) of ``convergence_rounds`` successive acceptable rounds changed by less
-    than ``convergence_tol`` (relative; counted only once something was pruned), after ``max_rounds``
-    rounds, or when no acceptable round is left. At the end the best round that was acceptable when
-    evaluated (round 0 included; a round later marked unacceptable by the rule still met the target)
-    is restored: the smallest size (for ``"params"`` / ``"flops"``: the largest reduction), then the
-    best metric, then the latest round.
+    than ``convergence_tol`` (relative; counted only once something was pruned), when a size target
+    is met to within ``convergence_tol``, after ``max_rounds`` rounds, or when no acceptable round is
+    left. At the end the best round acceptable when evaluated (round 0 included) is restored: the
+    smallest size (size targets: the largest reduction), then the best metric, then the latest round.
 
     Targets:
         ``"accuracy"``: acceptable when the metric dropped by at most ``max_drop`` (metric units; 0.01
@@ -145,12 +144,12 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         threshold_units: str = "quantile",
         reference: str = "retrained",
     ) -> None:
-        check_arguments(monitor=monitor, mode=mode, target=target, max_drop=max_drop, param_reduction=param_reduction,
-                        flops_reduction=flops_reduction, threshold_init=threshold_init, lambda_init=lambda_init,
-                        max_rollbacks=max_rollbacks, convergence_tol=convergence_tol,
-                        convergence_rounds=convergence_rounds, max_rounds=max_rounds,
-                        epochs_per_round=epochs_per_round, rewind=rewind, layer_weighting=layer_weighting,
-                        threshold_units=threshold_units, reference=reference)
+        checks.check_arguments(monitor=monitor, mode=mode, target=target, max_drop=max_drop, param_reduction=param_reduction,
+                               flops_reduction=flops_reduction, threshold_init=threshold_init, lambda_init=lambda_init,
+                               max_rollbacks=max_rollbacks, convergence_tol=convergence_tol,
+                               convergence_rounds=convergence_rounds, max_rounds=max_rounds,
+                               epochs_per_round=epochs_per_round, rewind=rewind, layer_weighting=layer_weighting,
+                               threshold_units=threshold_units, reference=reference)
         self.monitor, self.mode, self.target = monitor, mode, target
         self._given = {"monitor": monitor, "mode": mode}
         self.max_drop = float(max_drop) if target == "accuracy" else None
@@ -316,9 +315,8 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         """The reference retraining of the unpruned model is done: its metric (the model is restored next)."""
         if not self._judged_against_retraining():
             return  # another satellite's trial
-        value = controller.last_validation()
-        value = controller.measure(trainer) if value is None else value
-        self._retrained = float(trainer.strategy.broadcast(value, src=0))
+        # measured now, as the metric before pruning was: the trial epoch need not have validated
+        self._retrained = controller.measure(trainer)
         before = controller.report.metric_before
         info(f"[lightning_prune] AAP reference: {self.monitor} {before:.4f} unpruned, {self._retrained:.4f} after "
              f"{self.epochs_per_round} epoch{'s' if self.epochs_per_round > 1 else ''} of retraining alone; rounds are "
@@ -362,6 +360,8 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
             self.planner.threshold += self.lam
             if self._stable >= self.convergence_rounds:
                 self._stop("converged")
+            elif self._reached(size):
+                self._stop("target reached")
         else:
             self._stable = 0
             self._current = None
@@ -404,7 +404,9 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         self.final_round = best["round"]
         info(f"[lightning_prune] AAP stopped ({self.stop_reason}); final model: round {best['round']}")
         if best["round"] == 0 and len(self.rounds) > 1:
-            warn(self._why_nothing_was_pruned())
+            warn(checks.nothing_pruned_warning(self.rounds, stop_reason=self.stop_reason, target=self.target,
+                                               monitor=self.monitor, mode=self.mode, max_drop=self.max_drop,
+                                               reference=self.reference, against=self._reference_metric(self.rounds[0]["metric"])))
 
     # ------------------------------------------------------------------ the rule
     def _acceptable(self, controller: PruningController, record: StepRecord) -> bool:
@@ -417,6 +419,11 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         if self.target == "params":
             return 1 - record.params / max(report.params_before, 1) <= self.param_reduction + _EPS  # type: ignore[operator]
         return 1 - record.macs / max(report.macs_before, 1) <= self.flops_reduction + _EPS  # type: ignore[operator]
+
+    def _reached(self, size: int) -> bool:
+        """A size target met to within ``convergence_tol`` of the original size: more rounds only cost epochs."""
+        goal = self.param_reduction if self.target == "params" else self.flops_reduction
+        return goal is not None and goal - (1 - size / max(self._round0["size"], 1)) <= self.convergence_tol  # type: ignore[index]
 
     def _judged_against_retraining(self) -> bool:
         return self.target == "accuracy" and self.reference == "retrained"
@@ -437,23 +444,6 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         sign = 1.0 if self.mode == "max" else -1.0
         metric = entry["metric"] if entry["metric"] is not None else -sign * math.inf
         return (-entry["size"], sign * metric, entry["round"])
-
-    def _why_nothing_was_pruned(self) -> str:
-        """The warning when every pruned round was unacceptable: what was tried, and what to change."""
-        tried = [r for r in self.rounds[1:] if r["metric"] is not None]
-        what = f"{len(self.rounds) - 1} pruned rounds were all unacceptable ({self.stop_reason})"
-        if self.target != "accuracy" or not tried or self.rounds[0]["metric"] is None:
-            return (f"[lightning_prune] AAP pruned nothing: {what}; the unpruned model is handed back. HINT: lower "
-                    "lambda_init so that a round prunes less")
-        before = self._reference_metric(self.rounds[0]["metric"])
-        best = min(tried, key=lambda r: self._drop(before, r["metric"]))
-        drop = self._drop(before, best["metric"])
-        return (f"[lightning_prune] AAP pruned nothing: {what}. The smallest {self.monitor} drop was {drop:.4g} "
-                f"(round {best['round']}, {best['params']:,} parameters, against {before:.4g}) with "
-                f"max_drop={self.max_drop:g}; the "
-                "unpruned model is handed back. HINT: if round 1's drop comes from retraining rather than pruning "
-                "(a learning rate too high for a trained model), lower the learning rate; else raise max_drop or "
-                "epochs_per_round")
 
     def _stop(self, reason: str) -> None:
         self.planner.finished, self.stop_reason = True, reason

@@ -163,7 +163,8 @@ def test_quantile_units_remove_that_fraction_of_the_original_filters() -> None:
 def test_rounds_are_judged_against_the_unpruned_model_retrained_alike(retrained: float, reference: str,
                                                                        acceptable: bool) -> None:
     after = 0.79 if retrained < 0.9 else 0.87
-    values = [0.90] + ([retrained] if reference == "retrained" else []) + [0.0, after, 0.90]
+    # the trial epoch's own validation (0.5, not used), then the measurement after it
+    values = [0.90] + ([0.5, retrained] if reference == "retrained" else []) + [0.0, after, 0.90]
     module = Scripted(values)
     adaptive = aap(reference=reference, max_rounds=1)
     pruning, trainer = fit(module, adaptive)
@@ -239,7 +240,7 @@ def test_no_acceptable_round_left_ends_at_round_0_and_says_why(caplog: pytest.Lo
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and "AAP pruned nothing: 2 pruned rounds were all unacceptable" in warning[0]
     assert "smallest val_acc drop was 0.3 (round 2" in warning[0] and "max_drop=0.05" in warning[0]
-    assert "HINT: if round 1's drop comes from retraining" in warning[0]
+    assert "HINT: lower the learning rate if retraining alone lowers the metric (reference='retrained'" in warning[0]
     assert adaptive.stop_reason == "no acceptable round left"
     assert pruning.report.extra["aap"]["marked_unacceptable"] == [0]
     assert adaptive.final_round == 0
@@ -319,6 +320,18 @@ def test_size_targets_approach_the_reduction_from_below(target: str, key: str) -
     best = max((r for r in rounds if r["acceptable"]), key=lambda r: 1 - r[key] / before)
     final = pruning.report.totals()["params_after" if key == "params" else "macs_after"]
     assert final == best[key] and 1 - final / before <= 0.3
+
+
+def test_a_size_target_met_to_within_convergence_tol_stops_the_rounds() -> None:
+    module = Scripted(script(0.90, [0.5] * 5))
+    adaptive = aap(target="params", max_drop=None, param_reduction=0.3, convergence_tol=0.25, max_rounds=5,
+                   threshold_units="quantile", threshold_init=None, lambda_init=0.25)
+    pruning, _ = fit(module, adaptive)
+    rounds = adaptive.rounds
+    reduction = 1 - rounds[1]["params"] / rounds[0]["params"]
+    assert 0.05 <= reduction <= 0.3 and rounds[1]["acceptable"]  # within 0.25 of the asked 0.3
+    assert (len(rounds), adaptive.stop_reason, adaptive.final_round) == (2, "target reached", 1)
+    assert pruning.report.totals()["params_after"] == rounds[1]["params"]
 
 
 @pytest.mark.parametrize("importance", ["l1", "attention"])
