@@ -333,7 +333,8 @@ def main() -> None:
     dense: dict[str, float] = {}
 
     def enrich(row: dict[str, Any], name: str) -> None:
-        report_path = next((out / "runs" / name).rglob("report.json"), None)
+        # the newest: a run stopped by hand and started again leaves its crash report in an older version_N
+        report_path = max((out / "runs" / name).rglob("report.json"), key=lambda p: p.stat().st_mtime, default=None)
         if report_path is not None:
             found = json.loads(report_path.read_text())
             row.update(rounds=found.get("extra", {}).get("rounds", []), aap=found.get("extra", {}).get("aap", {}))
