@@ -232,9 +232,14 @@ def below_threshold(scores: torch.Tensor, threshold: float) -> list[int]:
     values = [float(v) for v in scores.flatten().tolist()]
     idxs = [i for i, v in enumerate(values) if v <= threshold]
     if len(idxs) >= len(values):
-        keep = min(range(len(values)), key=lambda i: (-values[i], i))
+        keep = _best_index(values)
         idxs = [i for i in idxs if i != keep]
     return idxs
+
+
+def _best_index(values: Sequence[float]) -> int:
+    """The channel a layer always keeps: its best score (the first of equals)."""
+    return min(range(len(values)), key=lambda i: (-values[i], i))
 
 
 def smallest_pruning_threshold(scores: Mapping[str, torch.Tensor], sizes: Mapping[str, float]) -> float | None:
@@ -279,7 +284,7 @@ def lowest_weighted(scores: Mapping[str, torch.Tensor], sizes: Mapping[str, floa
         flat = [float(v) for v in values.flatten().tolist()]
         if len(flat) < 2 or sizes.get(name, 0) <= 0:
             continue
-        keep = min(range(len(flat)), key=lambda i: (-flat[i], i))
+        keep = _best_index(flat)
         candidates += [(v * total / sizes[name], name, i) for i, v in enumerate(flat) if i != keep]
     chosen = sorted(candidates)[:max(count, 0)]
     plan = {name: sorted(i for _, n, i in chosen if n == name) for name in scores}

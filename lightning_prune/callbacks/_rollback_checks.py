@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from lightning_prune.errors import check as _check
@@ -70,14 +71,18 @@ def check_arguments(*, monitor: Any, mode: Any, target: Any, max_drop: Any, para
 
 
 def nothing_pruned_warning(rounds: list[dict[str, Any]], *, stop_reason: str | None, target: str, monitor: str | None,
-                           mode: str | None, max_drop: float | None, reference: str, against: float | None) -> str:
-    """The warning when every pruned round was unacceptable: what was tried, and what to change."""
+                           drop: Callable[[float, float], float], max_drop: float | None, reference: str,
+                           against: float | None) -> str:
+    """The warning when every pruned round was unacceptable: what was tried, and what to change.
+
+    ``drop(before, metric)`` is the policy's own rule for how much worse ``metric`` is.
+    """
     tried = [r for r in rounds[1:] if r["metric"] is not None]
     what = f"{len(rounds) - 1} pruned rounds were all unacceptable ({stop_reason})"
     if target != "accuracy" or not tried or against is None:
         return (f"[lightning_prune] AAP pruned nothing: {what}; the unpruned model is handed back. HINT: lower "
                 "lambda_init so that a round prunes less")
-    drops = {r["round"]: against - r["metric"] if mode == "max" else r["metric"] - against for r in tried}
+    drops = {r["round"]: drop(against, r["metric"]) for r in tried}
     best = min(tried, key=lambda r: drops[r["round"]])
     cause = ("lower the learning rate if retraining alone lowers the metric (reference='retrained' judges rounds "
              "against that)" if reference == "unpruned" else "lower lambda_init so that a round prunes less")

@@ -405,7 +405,7 @@ class AdaptiveThresholdRollback(PruningSatellite, Callback):
         info(f"[lightning_prune] AAP stopped ({self.stop_reason}); final model: round {best['round']}")
         if best["round"] == 0 and len(self.rounds) > 1:
             warn(checks.nothing_pruned_warning(self.rounds, stop_reason=self.stop_reason, target=self.target,
-                                               monitor=self.monitor, mode=self.mode, max_drop=self.max_drop,
+                                               monitor=self.monitor, drop=self._drop, max_drop=self.max_drop,
                                                reference=self.reference, against=self._reference_metric(self.rounds[0]["metric"])))
 
     # ------------------------------------------------------------------ the rule

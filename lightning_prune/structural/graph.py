@@ -381,7 +381,8 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Te
 def output_positions(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
                      names: Sequence[str]) -> dict[str, int]:
     """Output positions (``H * W``; 1 for a flat output) of the named conv and linear layers."""
-    wanted, found = {m: n for n, m in model.named_modules() if n in set(names)}, {}
+    named = set(names)
+    wanted, found = {m: n for n, m in model.named_modules() if n in named}, {}
 
     def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         if module in wanted:
