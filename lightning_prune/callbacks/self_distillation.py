@@ -22,6 +22,7 @@ from lightning_prune.callbacks.base import (
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.errors import check as _check
 from lightning_prune.losses import dg2pf_loss, distillation_kl
+from lightning_prune.structural.folding import folded_copy
 
 __all__ = ["LOSSES", "SelfDistillation"]
 
@@ -63,7 +64,9 @@ class SelfDistillation(PruningSatellite, Callback):
       by ``student_module`` (e.g. ``"model"``) for modules that call their network directly. A
       tensor output is the logits; otherwise its first element, ``["logits"]`` or ``.logits``;
     * **teacher logits**: the teacher, a frozen copy of that same module, called on the *same
-      inputs* (captured by a forward hook), in eval mode under ``no_grad``;
+      inputs* (captured by a forward hook), in eval mode under ``no_grad`` (with ``fold_batchnorm``,
+      a copy with each BatchNorm folded into the convolution before it, checked against the teacher
+      on the first batch it sees; a module ``torch.fx`` cannot trace runs unfolded, the log says why);
     * **targets**: ``batch[target_key]``, by default ``batch[1]`` for ``(inputs, targets)`` tuples and
       the first of ``y``, ``target(s)``, ``label(s)`` for dict batches; or ``targets_fn(batch)``;
     * **loss**: ``training_step``'s returned loss (a tensor, or the ``"loss"`` of a dict) is
@@ -93,6 +96,8 @@ class SelfDistillation(PruningSatellite, Callback):
         target_key: Index or key of the targets in the batch (``None``: see above).
         targets_fn: ``batch -> targets`` for other batch layouts (Python or a YAML import path).
         start_epoch: First epoch that distils (``None``: the controller's ``pretrain_epochs``, else 0).
+        fold_batchnorm: Run the teacher with its convolution + BatchNorm pairs folded (the same function
+            up to float rounding, one pass over the activations fewer); ``False``: run it as it is.
 
     Example:
         >>> from lightning_prune import SelfDistillation, StructuredPruning
@@ -116,6 +121,7 @@ class SelfDistillation(PruningSatellite, Callback):
         target_key: int | str | None = None,
         targets_fn: Callable[[Any], Tensor] | None = None,
         start_epoch: int | None = None,
+        fold_batchnorm: bool = True,
     ) -> None:
         super().__init__()
         number = (float, int)
@@ -140,8 +146,11 @@ class SelfDistillation(PruningSatellite, Callback):
         self.alpha, self.temperature, self.loss = float(alpha), float(temperature), loss
         self.gamma, self.beta, self.teacher_path, self.scale_by_t2 = float(gamma), float(beta), teacher, scale_by_t2
         self.student_module, self.target_key, self.targets_fn = student_module, target_key, targets_fn
-        self.start_epoch = start_epoch
+        _check(isinstance(fold_batchnorm, bool), f"fold_batchnorm={fold_batchnorm!r} is not a bool",
+               "use True (fold the teacher's BatchNorms) or False")
+        self.start_epoch, self.fold_batchnorm = start_epoch, fold_batchnorm
         self.teacher: nn.Module | None = None
+        self._runner: nn.Module | None = None  # what computes the teacher's logits: a folded copy or the teacher
         self._detached = False
         self._pending_teacher: dict[str, Tensor] | None = None
         self._start = 0
@@ -187,7 +196,7 @@ class SelfDistillation(PruningSatellite, Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for attr in ("_module", "_student", "_hook", "_original_step", "_captured"):
+        for attr in ("_module", "_student", "_hook", "_original_step", "_captured", "_runner"):
             state[attr] = None
         return state
 
@@ -197,11 +206,12 @@ class SelfDistillation(PruningSatellite, Callback):
         if not self._detached:
             info("[lightning_prune] SelfDistillation: teacher detached")
         self._detached = True
-        self.teacher, self._pending_teacher = None, None
+        self.teacher, self._pending_teacher, self._runner = None, None, None
 
     def snapshot_teacher(self, student: nn.Module | None = None) -> None:
         """Make the teacher a frozen copy of the student's current weights."""
         student = student if student is not None else self._student
+        self._runner = None
         if student is None:
             raise PruningConfigError("SelfDistillation has no student yet", hint="call it during fit")
         if self.teacher is not None:
@@ -214,6 +224,7 @@ class SelfDistillation(PruningSatellite, Callback):
 
     def _load_teacher(self, weights: dict[str, Tensor]) -> None:
         assert self.teacher is not None
+        self._runner = None
         with torch.no_grad():
             self.teacher.load_state_dict(weights, strict=True)
 
@@ -254,6 +265,7 @@ class SelfDistillation(PruningSatellite, Callback):
             dtype = next((p.dtype for p in self._student.parameters() if p.is_floating_point()), None)
             self.teacher.to(device=pl_module.device, dtype=dtype)
             self.teacher.eval()
+            self._runner = None
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -359,6 +371,28 @@ class SelfDistillation(PruningSatellite, Callback):
             )
         return targets
 
+    def _teacher_logits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        """The teacher's logits; the first call decides whether a folded copy computes them from then on."""
+        assert self.teacher is not None
+        if self._runner is not None:
+            return _logits(self._runner(*args, **kwargs), "teacher")
+        logits = _logits(self.teacher(*args, **kwargs), "teacher")
+        self._runner = self.teacher
+        if self.fold_batchnorm:
+            folded, reason = folded_copy(self.teacher)
+            if folded is not None:
+                try:
+                    other = _logits(folded(*args, **kwargs), "folded teacher")
+                    tol = max(1e-3, 16 * torch.finfo(logits.dtype).eps) * max(float(logits.abs().max()), 1.0)
+                    same = other.shape == logits.shape and bool(torch.allclose(other, logits, rtol=0.0, atol=tol))
+                except Exception:  # noqa: BLE001 - a traced copy that cannot run is not used
+                    same = False
+                reason = "" if same else "its folded copy does not compute the same logits"
+            self._runner = folded if not reason else self.teacher
+            info("[lightning_prune] SelfDistillation: the teacher runs with its BatchNorms folded" if not reason
+                 else f"[lightning_prune] SelfDistillation: the teacher runs unfolded: {reason}")
+        return logits
+
     def _distil(self, pl_module: pl.LightningModule, captured: Any, batch: Any, out: Any) -> Any:
         if captured is None:
             raise PruningConfigError(
@@ -369,7 +403,7 @@ class SelfDistillation(PruningSatellite, Callback):
         args, kwargs, output = captured
         student = _logits(output, "student")
         with torch.no_grad():
-            teacher = _logits(self.teacher(*args, **kwargs), "teacher").detach()  # type: ignore[misc]
+            teacher = self._teacher_logits(args, kwargs).detach()
         user_loss = out["loss"] if isinstance(out, dict) else out
         if self.loss == "dg2pf":
             targets = self._targets(batch).to(student.device)

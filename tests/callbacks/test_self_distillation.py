@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import pickle
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import LitTiny, make_data, make_trainer
+from helpers import LitTiny, TinyResNet, make_data, make_trainer
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_prune import PruningConfigError, StructuredPruning
@@ -200,3 +202,57 @@ def test_state_round_trip_pickle_and_detach() -> None:
     distiller.detach_teacher()
     assert distiller.teacher is None and {k: v for k, v in distiller.state_dict().items() if k != "hparams"} == {"detached": True, "teacher": None}
     assert SelfDistillation(teacher="t.pt").state_dict()["teacher"] is None  # a file teacher is reloaded, not saved
+
+
+class ValueBranch(nn.Module):
+    """A network whose path depends on its input's values: ``torch.fx`` cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyResNet()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) if bool(x.mean() > -1e9) else -self.net(x)
+
+
+class StepLosses(Callback):
+    """Every training step's loss; at the start of epoch 1 the distiller's teacher becomes the student."""
+
+    def __init__(self, distiller: SelfDistillation) -> None:
+        self.distiller, self.losses = distiller, []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1:
+            self.distiller.snapshot_teacher()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].detach().clone())
+
+
+@pytest.mark.parametrize("network, folds", [(TinyResNet, True), (ValueBranch, False)])
+def test_the_teacher_runs_folded_where_it_can_and_the_losses_do_not_change(
+        network: type[nn.Module], folds: bool, caplog: pytest.LogCaptureFixture) -> None:
+    losses, teachers = {}, {}
+    for fold in (True, False):
+        torch.manual_seed(0)
+        module = LitTiny(network())
+        for norm in module.modules():  # BatchNorms that are not the identity, so that folding them shows
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+                nn.init.uniform_(norm.weight, 0.5, 1.5), nn.init.uniform_(norm.bias, -0.5, 0.5)
+        distiller = SelfDistillation() if fold else SelfDistillation(fold_batchnorm=False)  # the default folds
+        record = StepLosses(distiller)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lightning_prune"):
+            fit(module, distiller, record, max_epochs=2)
+        messages = " | ".join(r.getMessage() for r in caplog.records)
+        losses[fold], teachers[fold] = torch.stack(record.losses), distiller.teacher
+        if fold:
+            assert ("the teacher runs with its BatchNorms folded" in messages) == folds, messages
+            assert ("the teacher runs unfolded: torch.fx cannot trace it" in messages) == (not folds), messages
+            assert messages.count("the teacher runs") == 2  # decided again after the epoch-1 snapshot
+        else:
+            assert "the teacher runs" not in messages
+    assert len(losses[True]) == 8 and torch.allclose(losses[True], losses[False], rtol=0, atol=1e-5)
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in network().modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in teachers[True].modules()) == norms == 8  # the teacher is whole
