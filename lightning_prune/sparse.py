@@ -134,12 +134,29 @@ def _decode(payload: Mapping[str, Any]) -> dict[str, Tensor]:
     return state
 
 
+def _without_wrapper_prefix(state: dict[str, Tensor], current: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the prefix (e.g. ``"model."``) of the module that wrapped the network removed, when
+    its names then are exactly ``current``'s: a LightningModule's file loads into the bare network."""
+    if not state or all(k in current for k in state):
+        return state
+    parts = next(iter(state)).split(".")
+    for cut in range(1, len(parts)):
+        prefix = ".".join(parts[:cut]) + "."
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if stripped.keys() == current.keys():
+                return stripped
+    return state
+
+
 def load_sparse(path: str | Path, model: nn.Module | None = None, strict: bool = True) -> dict[str, Tensor]:
     """Read a :func:`save_sparse` file back into a dense ``state_dict`` (and into ``model``, if given).
 
     The file is read with ``torch.load(weights_only=True)`` after a check that it is a complete
     archive. With ``model``, the names (if ``strict``) and shapes are checked before anything is
-    loaded, and the load is all or nothing: on any failure ``model`` keeps its values.
+    loaded, and the load is all or nothing: on any failure ``model`` keeps its values. A file saved
+    from a module that wraps the network (a LightningModule's ``model.`` names) also loads into the
+    bare network.
 
     Args:
         path: A file written by :func:`save_sparse`.
@@ -186,6 +203,7 @@ def load_sparse(path: str | Path, model: nn.Module | None = None, strict: bool =
     fit_hint = ("load it into the architecture it was saved from (a structurally pruned model first needs its "
                 "structure, e.g. with lightning_prune.load_pruned)")
     current = model.state_dict()
+    state = _without_wrapper_prefix(state, current)
     if strict:
         missing, unexpected = [k for k in current if k not in state], [k for k in state if k not in current]
         check(not missing and not unexpected,

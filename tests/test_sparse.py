@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_prune.errors import PruningConfigError
 from lightning_prune.sparse import FORMAT, dense_size, load_sparse, save_sparse
 
 
@@ -41,3 +42,18 @@ def test_incomplete_weights_say_so_when_loaded(tmp_path: Path, caplog: pytest.Lo
         load_sparse(tmp_path / "partial.pt")
     assert "stopped before its pruning plan was complete" in caplog.records[0].getMessage()
     assert torch.load(tmp_path / "partial.pt", weights_only=True)["completed"] is False
+
+
+def test_a_lightning_modules_file_loads_into_the_bare_network(tmp_path: Path) -> None:
+    wrapper = nn.Module()
+    wrapper.model = _sparse_net()  # a LightningModule's names: model.0.weight, ...
+    save_sparse(wrapper, tmp_path / "wrapped.pt")
+    bare = _sparse_net(seed=1)
+    state = load_sparse(tmp_path / "wrapped.pt", bare)
+    assert list(state) == list(bare.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(bare.state_dict().values(), wrapper.model.state_dict().values()))
+    other = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 4))  # another head: refused whole
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(PruningConfigError, match=r"2.weight is \[8, 64\] in the file but \[4, 64\]"):
+        load_sparse(tmp_path / "wrapped.pt", other)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())

@@ -24,7 +24,11 @@ MNIST_STD = (0.3081,)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None, what: str) -> Path:
-    """Return ``data_dir``, else ``$LIGHTNING_PRUNE_DATA``, as an existing directory."""
+    """Return ``data_dir``, else ``$LIGHTNING_PRUNE_DATA``, as an existing directory.
+
+    A relative ``data_dir`` that is not a folder here is also looked up in ``$LIGHTNING_PRUNE_DATA``
+    (as weights files are), so that a recipe can name ``imagenet`` and run wherever the data lives.
+    """
     raw = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or None
     if raw is None:
         raise PruningConfigError(
@@ -32,10 +36,15 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None, what: str) -> Path
             hint=f"pass data_dir=... (data.init_args.data_dir in YAML) or export {DATA_DIR_ENV}",
         )
     path = Path(raw).expanduser()
+    root = os.environ.get(DATA_DIR_ENV)
+    beside = Path(root).expanduser() / path if root and data_dir is not None and not path.is_absolute() else None
+    if not path.is_dir() and beside is not None and beside.is_dir():
+        return beside
     if not path.is_dir():
         source = "data_dir" if data_dir is not None else f"${DATA_DIR_ENV}"
+        also = f" (nor in ${DATA_DIR_ENV}={root!r})" if beside is not None else ""
         raise PruningConfigError(
-            f"{source}={str(raw)!r} for {what} is not an existing directory",
+            f"{source}={str(raw)!r} for {what} is not an existing directory{also}",
             hint=f"point data_dir or {DATA_DIR_ENV} at the folder holding the data set",
         )
     return path

@@ -211,4 +211,10 @@ class SplitDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self._on_cuda(),
         )
+
+    def _on_cuda(self) -> bool:
+        """Whether the attached Trainer trains on a CUDA device (then batches come from pinned memory)."""
+        strategy = getattr(getattr(self, "trainer", None), "strategy", None)
+        return getattr(getattr(strategy, "root_device", None), "type", None) == "cuda"

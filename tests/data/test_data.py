@@ -321,6 +321,31 @@ def test_env_variable_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert CIFAR10DataModule().data_dir == tmp_path
 
 
+def test_a_relative_data_dir_is_also_found_in_the_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recipe names `imagenet`; it runs from any folder once $LIGHTNING_PRUNE_DATA holds imagenet/."""
+    _write_image_folder(tmp_path / "data" / "imagenet", ("cat", "dog"), n_train=2, n_val=1)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("LIGHTNING_PRUNE_DATA", str(tmp_path / "data"))
+    assert ImageFolderDataModule(data_dir="imagenet").data_dir == tmp_path / "data" / "imagenet"
+    _write_image_folder(tmp_path / "elsewhere" / "imagenet", ("emu",), n_train=2, n_val=1)
+    assert ImageFolderDataModule(data_dir="imagenet").classes == ["emu"]  # a folder here comes first
+    with pytest.raises(PruningConfigError, match=r"'tiny' .*not an existing directory \(nor in \$LIGHTNING_PRUNE_DATA="):
+        ImageFolderDataModule(data_dir="tiny")
+
+
+def test_batches_come_from_pinned_memory_only_on_a_gpu(tmp_path: Path) -> None:
+    _write_image_folder(tmp_path, ("cat", "dog"), n_train=4, n_val=2)
+    dm = ImageFolderDataModule(data_dir=str(tmp_path), image_size=8, batch_size=2, val_fraction=0.5)
+    assert dm.train_dataloader().pin_memory is False  # no Trainer: nothing to pin for
+
+    class Strategy:
+        root_device = torch.device("cuda", 0)
+
+    dm.trainer = type("Trainer", (), {"strategy": Strategy()})()  # what Lightning attaches
+    assert dm.train_dataloader().pin_memory is True and dm.test_dataloader().pin_memory is True
+
+
 def test_bad_normalization_raises(tmp_path: Path) -> None:
     _write_fake_cifar_pickles(tmp_path / "cifar-10-batches-py")
     with pytest.raises(PruningConfigError, match="normalization"):
