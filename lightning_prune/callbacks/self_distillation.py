@@ -372,7 +372,7 @@ class SelfDistillation(PruningSatellite, Callback):
         return targets
 
     def _teacher_logits(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
-        """The teacher's logits; the first call decides whether a folded copy computes them from then on."""
+        """The teacher's logits; the first call decides whether a folded copy computes them, this call included."""
         assert self.teacher is not None
         if self._runner is not None:
             return _logits(self._runner(*args, **kwargs), "teacher")
@@ -388,7 +388,8 @@ class SelfDistillation(PruningSatellite, Callback):
                 except Exception:  # noqa: BLE001 - a traced copy that cannot run is not used
                     same = False
                 reason = "" if same else "its folded copy does not compute the same logits"
-            self._runner = folded if not reason else self.teacher
+            if not reason:  # from here on every step's logits are the folded copy's, this one's too (resume
+                self._runner, logits = folded, other  # then recomputes exactly what an unbroken run did)
             info("[lightning_prune] SelfDistillation: the teacher runs with its BatchNorms folded" if not reason
                  else f"[lightning_prune] SelfDistillation: the teacher runs unfolded: {reason}")
         return logits
