@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,7 +22,7 @@ from lightning_prune.demos import (
 )
 
 __all__ = ["DATA_DIR", "Block", "Crash", "KillAt", "LitTiny", "RankWitness", "Scripted", "TinyConvNet", "TinyResNet",
-           "fit", "make_data", "make_trainer", "needs_data"]
+           "fit", "make_data", "make_trainer", "needs_data", "run_ddp_command"]
 
 #: The real-data folder (``$LIGHTNING_PRUNE_DATA``), if set.
 DATA_DIR = os.environ.get("LIGHTNING_PRUNE_DATA")
@@ -93,3 +96,21 @@ class KillAt(L.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_ddp_command(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a (DDP-launching) command with ``tests/`` importable and one thread per process, in a session
+    of its own so that a hang kills every rank (not only rank zero); a hang or a failure fails the test."""
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"the DDP run did not finish in {timeout} s (a rank hangs?): {err[-3000:]}")
+    assert process.returncode == 0, err[-5000:]
+    return subprocess.CompletedProcess(args, process.returncode, out, err)

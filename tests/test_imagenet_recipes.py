@@ -11,9 +11,6 @@ an artifact that loads into a fresh torchvision network with ``torch.load(weight
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import run_ddp_command
 
 from lightning_prune.artifacts import load_pruned
 from lightning_prune.models.torchvision_models import torchvision_model
@@ -88,21 +86,6 @@ def _stable_init(arch: str) -> torch.nn.Module:
     return torchvision_model(arch, num_classes=len(CLASSES))
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # a hang kills both ranks, not only rank zero
-    try:
-        out, err = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"the DDP run did not finish in {TIMEOUT} s (a rank hangs?): {err[-3000:]}")
-    assert process.returncode == 0, err[-5000:]
-    return subprocess.CompletedProcess(args, process.returncode, out, err)
-
-
 def test_the_recipes_are_the_ones_the_readme_promises() -> None:
     assert {p.stem for p in RECIPES} == {"baseline_resnet50_imagenet", "ice_resnet50_imagenet",
                                          "aap_resnet50_imagenet", "dg2pf_resnet50_imagenet",
@@ -119,13 +102,13 @@ def test_recipe_runs_under_ddp_on_cpu(recipe: Path, image_tree: Path, tmp_path: 
     torch.manual_seed(0)
     weights = tmp_path / f"{arch}.pth"
     torch.save(_stable_init(arch).state_dict(), weights)
-    _run([str(Path(sys.executable).with_name("lightning-prune")), "fit", "--config", str(_fewer_epochs(recipe, tmp_path)),
+    run_ddp_command([str(Path(sys.executable).with_name("lightning-prune")), "fit", "--config", str(_fewer_epochs(recipe, tmp_path)),
           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path),
           "--trainer.callbacks+=helpers.RankWitness", f"--trainer.callbacks.out={tmp_path}",
           "--model.init_args.num_classes", str(len(CLASSES)), "--model.init_args.weights", str(weights),
           "--data.init_args.data_dir", str(image_tree), "--data.init_args.image_size", "32",
           "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "8",
-          "--data.init_args.num_workers", "0"], cwd=tmp_path)
+          "--data.init_args.num_workers", "0"], tmp_path, TIMEOUT)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys()
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "the ranks' weights differ"

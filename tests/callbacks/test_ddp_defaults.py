@@ -8,14 +8,13 @@ bound (a hang fails the test), end with identical weights on both ranks, and wri
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_ddp_command
 
 pytestmark = pytest.mark.ddp
 
@@ -25,23 +24,8 @@ SCRIPT = TESTS / "scripts" / "ddp_scenarios.py"
 TIMEOUT = 300  # seconds; an idle 2-core machine needs about 15
 
 
-def _env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``args`` in a session of its own, so that a hang kills both ranks (not only rank zero)."""
-    process = subprocess.Popen(args, env=_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        out, err = process.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"the DDP run did not finish in {TIMEOUT} s (a rank hangs?): {err[-2000:]}")
-    assert process.returncode == 0, err[-4000:]
-    return subprocess.CompletedProcess(args, process.returncode, out, err)
+    return run_ddp_command(args, cwd, TIMEOUT)
 
 
 def _ranks(out: Path) -> list[dict]:
