@@ -21,7 +21,7 @@ from lightning_prune.demos import (
     demo_trainer,
 )
 
-__all__ = ["DATA_DIR", "Block", "Crash", "KillAt", "LitTiny", "RankWitness", "Scripted", "TinyConvNet", "TinyResNet",
+__all__ = ["DATA_DIR", "Block", "Crash", "KillAt", "KillJobAt", "LitTiny", "RankWitness", "Scripted", "TinyConvNet", "TinyResNet",
            "fit", "make_data", "make_trainer", "needs_data", "run_ddp_command"]
 
 #: The real-data folder (``$LIGHTNING_PRUNE_DATA``), if set.
@@ -98,9 +98,28 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_ddp_command(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+class KillJobAt(L.Callback):
+    """SIGKILL every process of the job (all ranks: the process group the DDP launcher shares) at batch
+    ``batch`` of ``epoch``: a killed multi-process job, as a scheduler or a lost node kills it.
+
+    Whichever rank gets there first kills them all; the last epoch's checkpoint is complete by then
+    (Lightning's ``save_checkpoint`` ends with a barrier every rank passes before the next epoch).
+    """
+
+    def __init__(self, epoch: int, batch: int = 0) -> None:
+        self.epoch = epoch
+        self.batch = batch
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def run_ddp_command(args: list[str], cwd: Path, timeout: float, expect: int = 0) -> subprocess.CompletedProcess[str]:
     """Run a (DDP-launching) command with ``tests/`` importable and one thread per process, in a session
-    of its own so that a hang kills every rank (not only rank zero); a hang or a failure fails the test."""
+    of its own so that a hang kills every rank (not only rank zero); a hang, or an exit status other than
+    ``expect``, fails the test."""
     tests = str(Path(__file__).parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": "1"}
@@ -112,5 +131,5 @@ def run_ddp_command(args: list[str], cwd: Path, timeout: float) -> subprocess.Co
         os.killpg(process.pid, signal.SIGKILL)
         out, err = process.communicate()
         pytest.fail(f"the DDP run did not finish in {timeout} s (a rank hangs?): {err[-3000:]}")
-    assert process.returncode == 0, err[-5000:]
+    assert process.returncode == expect, err[-5000:]
     return subprocess.CompletedProcess(args, process.returncode, out, err)

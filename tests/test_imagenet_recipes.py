@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,22 +97,54 @@ def test_the_recipes_are_the_ones_the_readme_promises() -> None:
         assert _recipe(path)["data"]["init_args"]["val_from"] == "test"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
-def test_recipe_runs_under_ddp_on_cpu(recipe: Path, image_tree: Path, tmp_path: Path) -> None:
+def _fit(recipe: Path, image_tree: Path, folder: Path, *extra: str, expect: int = 0) -> str:
+    """``lightning-prune fit`` of ``recipe`` (fewer epochs) with the test's overrides, run in ``folder``; its stderr."""
     arch = _recipe(recipe)["model"]["init_args"]["model"]
     torch.manual_seed(0)
-    weights = tmp_path / f"{arch}.pth"
+    weights = folder / f"{arch}.pth"
     torch.save(_stable_init(arch).state_dict(), weights)
-    run_ddp_command([str(Path(sys.executable).with_name("lightning-prune")), "fit", "--config", str(_fewer_epochs(recipe, tmp_path)),
-          "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.callbacks+=helpers.RankWitness", f"--trainer.callbacks.out={tmp_path}",
-          "--model.init_args.num_classes", str(len(CLASSES)), "--model.init_args.weights", str(weights),
-          "--data.init_args.data_dir", str(image_tree), "--data.init_args.image_size", "32",
-          "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "8",
-          "--data.init_args.num_workers", "0"], tmp_path, TIMEOUT)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert ranks[0].keys() == ranks[1].keys()
-    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), "the ranks' weights differ"
+    return run_ddp_command([
+        str(Path(sys.executable).with_name("lightning-prune")), "fit", "--config", str(_fewer_epochs(recipe, folder)),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.default_root_dir", str(folder),
+        "--trainer.callbacks+=helpers.RankWitness", f"--trainer.callbacks.out={folder}",
+        "--model.init_args.num_classes", str(len(CLASSES)), "--model.init_args.weights", str(weights),
+        "--data.init_args.data_dir", str(image_tree), "--data.init_args.image_size", "32",
+        "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "8",
+        "--data.init_args.num_workers", "0", *extra], folder, TIMEOUT, expect).stderr
+
+
+@pytest.fixture(scope="module")
+def finished(image_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """The folder of ``recipe``'s uninterrupted run (run once per module, on first use)."""
+    folders: dict[Path, Path] = {}
+
+    def run(recipe: Path) -> Path:
+        if recipe not in folders:
+            folder = tmp_path_factory.mktemp(recipe.stem)
+            _fit(recipe, image_tree, folder)
+            folders[recipe] = folder
+        return folders[recipe]
+
+    return run
+
+
+def _ranks(folder: Path) -> list[dict[str, torch.Tensor]]:
+    """Each rank's final weights (``RankWitness``)."""
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key, value in a.items():
+        assert value.shape == b[key].shape and torch.equal(value, b[key]), f"{what}: {key}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_runs_under_ddp_on_cpu(recipe: Path, finished: Callable[[Path], Path]) -> None:
+    tmp_path = finished(recipe)
+    arch = _recipe(recipe)["model"]["init_args"]["model"]
+    ranks = _ranks(tmp_path)
+    _same(ranks[0], ranks[1], "the ranks' weights differ")
     reports = list(tmp_path.rglob("report.json"))
     assert len(reports) == 1
     report = json.loads(reports[0].read_text())
@@ -128,3 +161,36 @@ def test_recipe_runs_under_ddp_on_cpu(recipe: Path, image_tree: Path, tmp_path: 
         assert zeros == pytest.approx(_recipe(recipe)["trainer"]["callbacks"][0]["init_args"]["sparsity"], abs=0.01)
     trained = {k.removeprefix("model."): v for k, v in ranks[0].items() if k.startswith("model.")}
     assert all(torch.equal(v, trained[k]) for k, v in fresh.state_dict().items() if k in trained)
+
+
+#: The recipe killed and resumed, and the epoch whose first batch kills it (all ranks at once).
+KILLED_RECIPE, KILL_EPOCH = ROOT / "configs" / "imagenet" / "ice_resnet50_imagenet.yaml", 3
+FIXED_CROPS = ("--data.init_args.augment", "false")
+
+
+def test_a_killed_ddp_job_resumes_with_ckpt_path_last_and_ends_as_the_uninterrupted_one(
+        image_tree: Path, tmp_path: Path) -> None:
+    """The README's resume for a killed multi-process job: the same command plus ``--ckpt_path last``.
+
+    Both runs crop without randomness (``FIXED_CROPS``): the augmentation's random generator is not in a
+    checkpoint, so only then is the resumed run bit-identical to the uninterrupted one.
+    """
+    reference_folder = tmp_path / "uninterrupted"
+    reference_folder.mkdir()
+    _fit(KILLED_RECIPE, image_tree, reference_folder, *FIXED_CROPS)
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    killed = _fit(KILLED_RECIPE, image_tree, folder, *FIXED_CROPS, "--trainer.callbacks+=helpers.KillJobAt",
+                  f"--trainer.callbacks.epoch={KILL_EPOCH}", expect=-9)
+    assert not list(folder.rglob("report.json")) and not list(folder.glob("rank*.pt")), killed[-3000:]
+    assert [p.parent.parent.name for p in folder.rglob("last.ckpt")] == ["version_0"]
+    resumed = _fit(KILLED_RECIPE, image_tree, folder, *FIXED_CROPS, "--ckpt_path", "last")
+    # Lightning: "Restoring states from the checkpoint path at .../version_0/checkpoints/last.ckpt"
+    assert "Restoring states from the checkpoint path at" in resumed and "version_0/checkpoints/last.ckpt" in resumed
+    ranks, reference = _ranks(folder), _ranks(reference_folder)
+    _same(ranks[0], ranks[1], "the resumed ranks' weights differ")
+    _same(ranks[0], reference[0], "the resumed run ends elsewhere than the uninterrupted one")
+    reports = [json.loads(p.read_text()) for p in folder.rglob("report.json")]
+    assert len(reports) == 1 and reports[0]["totals"]["completed"] is True
+    uninterrupted = json.loads(next(reference_folder.rglob("report.json")).read_text())
+    assert [s["params"] for s in reports[0]["steps"]] == [s["params"] for s in uninterrupted["steps"]]
