@@ -24,6 +24,9 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points_per_unit", type=float,
                         help="ice objective: points per metric unit (default 100: accuracy as a fraction)")
     parser.add_argument("--sampler", choices=["grid", "tpe", "random"], help="default: grid")
+    parser.add_argument("--pruner", choices=["none", "median"],
+                        help="none (default): every stage-1 trial runs out; median: stop a trial after a pruning step "
+                             "where it is behind the completed trials' median at that step")
     parser.add_argument("--n_trials", type=int,
                         help="trials this call runs (grid default: the grid points not yet evaluated; "
                              "0: none, only choose the best so far and run stage 2)")

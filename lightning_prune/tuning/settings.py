@@ -12,7 +12,7 @@ from lightning_prune.errors import PruningConfigError
 from lightning_prune.tuning.objectives import INFEASIBLE, check_objective
 from lightning_prune.tuning.space import SearchSpace
 from lightning_prune.tuning.storage import display_url
-from lightning_prune.tuning.study import check_sampler
+from lightning_prune.tuning.study import PRUNERS, check_sampler
 
 #: Number of trials a TPE / random study runs per call when ``n_trials`` is not given.
 DEFAULT_TRIALS = 20
@@ -30,6 +30,11 @@ class TuneSettings:
             also picks the stage-2 point from a Pareto front.
         points_per_unit: ``"ice"`` only: dA in points is ``drop * points_per_unit``.
         sampler: ``"grid"`` (the paper's choice), ``"tpe"`` or ``"random"``.
+        pruner: ``"none"`` (every stage-1 trial runs to the end) or ``"median"``: after every pruning
+            step a trial reports the objective as if it ended there, and stops when that is worse than
+            the median of the completed trials' values after the same step (from the third trial on;
+            :class:`~lightning_prune.tuning.study.StepMedianPruner`). Not with ``"pareto"`` (Optuna
+            cannot prune a two-objective study).
         n_trials: Trials this call runs (per worker; 0: none, only the choice and stage 2). Grid
             default: the points not yet evaluated, so re-running the same command resumes;
             TPE/random default: :data:`DEFAULT_TRIALS`.
@@ -52,6 +57,7 @@ class TuneSettings:
     max_drop: float = 0.01
     points_per_unit: float = 100.0
     sampler: str = "grid"
+    pruner: str = "none"
     n_trials: int | None = None
     subset_fraction: float = 0.02
     storage: str | None = None
@@ -79,6 +85,12 @@ class TuneSettings:
         """Validate every value; raises :class:`PruningConfigError` naming the bad one."""
         check_objective(self.objective)
         check_sampler(self.sampler)
+        if self.pruner not in PRUNERS:
+            raise PruningConfigError(f"pruner={self.pruner!r} is unknown; valid: {', '.join(PRUNERS)}",
+                                     hint="use 'median' to stop trials that fall behind, 'none' to run every trial out")
+        if self.pruner != "none" and self.objective == "pareto":
+            raise PruningConfigError(f"pruner={self.pruner!r} cannot stop trials of a 'pareto' study (two objectives)",
+                                     hint="use objective='budget' with a pruner, or pruner='none' with 'pareto'")
 
         def fraction(name: str, value: Any, optional: bool = False) -> None:
             if optional and value is None:
@@ -153,8 +165,11 @@ class TuneResult:
     def summary(self) -> str:
         """A few human-readable lines: study, counts, the choice, the files."""
         states = [t["state"] for t in self.trials]
-        lines = [f"study {self.study_name!r} ({display_url(self.storage)}): objective {self.objective}, sampler {self.sampler}; "
-                 f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} invalid, {states.count('FAIL')} failed"]
+        stopped = sum(1 for t in self.trials if t["state"] == "PRUNED" and "stopped_after_step" in t)
+        counts = (f"{states.count('COMPLETE')} complete, {stopped} stopped early, "
+                  f"{states.count('PRUNED') - stopped} invalid, {states.count('FAIL')} failed")
+        lines = [f"study {self.study_name!r} ({display_url(self.storage)}): objective {self.objective}, "
+                 f"sampler {self.sampler}; {counts}"]
         if self.best_params is not None:
             row = next((t for t in self.trials if t["number"] == self.best_trial), {})
             lines.append(f"best: trial #{self.best_trial} {params_text(self.best_params)} -> {outcome_text(row)}"

@@ -16,6 +16,7 @@ completed trial. (A storage URL that cannot work is refused before, by :func:`.s
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +40,14 @@ from lightning_prune.tuning.storage import (
 )
 
 SAMPLERS = ("grid", "tpe", "random")
+
+#: The pruners ``tune`` offers: ``"none"`` (every trial runs to the end) or ``"median"``
+#: (:class:`StepMedianPruner`: stop a trial whose value after a pruning step is worse than the median of
+#: the completed trials' values after the same step; see :mod:`lightning_prune.tuning.reporter`).
+PRUNERS = ("none", "median")
+
+#: Trials that complete before the median pruner stops any.
+STARTUP_TRIALS = 2
 
 _SETTINGS_KEY = "lightning_prune"
 #: Study user attribute holding the search space the study was created with (``SearchSpace.to_dict()``).
@@ -69,6 +78,52 @@ def make_sampler(name: str, space: SearchSpace, seed: int, existing_trials: int 
     return optuna.samplers.RandomSampler(seed=seed + existing_trials)
 
 
+class StepMedianPruner(optuna.pruners.BasePruner):
+    """Stop a trial whose value after step ``k`` is worse than the median of the completed trials' after ``k``.
+
+    Unlike Optuna's ``MedianPruner``, which judges a trial by its best value so far, the trial's value at
+    the current step is compared: a value that only grows (pruning time) would otherwise be judged by
+    its first step forever. No trial is stopped at a step fewer than ``startup_trials`` completed
+    trials reached. Single-objective studies only.
+
+    Example:
+        >>> study = optuna.create_study(pruner=StepMedianPruner(startup_trials=1))
+        >>> study.add_trial(optuna.trial.create_trial(value=5.0, intermediate_values={0: 2.0}))
+        >>> trial = study.ask()
+        >>> trial.report(3.0, 0)
+        >>> trial.should_prune()
+        True
+    """
+
+    def __init__(self, startup_trials: int = STARTUP_TRIALS) -> None:
+        self.startup_trials = int(startup_trials)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        earlier = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if step in t.intermediate_values and math.isfinite(t.intermediate_values[step])]
+        if len(earlier) < self.startup_trials:
+            return False
+        value, median = trial.intermediate_values[step], statistics.median(earlier)
+        if study.direction == optuna.study.StudyDirection.MINIMIZE:
+            return bool(value > median)
+        return bool(value < median)
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """The Optuna pruner ``name`` stands for (:data:`PRUNERS`).
+
+    Example:
+        >>> type(make_pruner("median")).__name__, type(make_pruner("none")).__name__
+        ('StepMedianPruner', 'NopPruner')
+    """
+    if name == "median":
+        return StepMedianPruner()
+    return optuna.pruners.NopPruner()
+
+
 def check_sampler(name: str) -> None:
     """Raise :class:`PruningConfigError` unless ``name`` is a known sampler.
 
@@ -96,7 +151,8 @@ def study_settings(objective: str, max_drop: float, points_per_unit: float, subs
 
 
 def open_study(storage: optuna.storages.BaseStorage | str, study_name: str, objective: str, sampler: optuna.samplers.BaseSampler,
-               settings: Mapping[str, Any], space: SearchSpace | None = None) -> optuna.Study:
+               settings: Mapping[str, Any], space: SearchSpace | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Create the study or load the existing one, refusing one made with other settings or another space.
 
     A new study records ``settings`` (and ``space``) as user attributes; an existing one is checked
@@ -111,7 +167,7 @@ def open_study(storage: optuna.storages.BaseStorage | str, study_name: str, obje
         >>> study.directions[0].name
         'MINIMIZE'
     """
-    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
                                 directions=directions(objective), load_if_exists=True)
     check_compatible(study, objective, settings, space)
     if study.user_attrs.get(_SETTINGS_KEY) is None:
@@ -214,7 +270,7 @@ def inspect_study(url: str, study_name: str, objective: str, settings: Mapping[s
 
 
 def open_shared(url: str, study_name: str, objective: str, sampler: str, space: SearchSpace, seed: int,
-                settings: Mapping[str, Any], attempts: int = 5) -> optuna.Study:
+                settings: Mapping[str, Any], attempts: int = 5, pruner: str = "none") -> optuna.Study:
     """:func:`make_storage` + :func:`make_sampler` + :func:`open_study`, retried while another worker
     creates the same database or study at the same moment.
 
@@ -232,7 +288,7 @@ def open_shared(url: str, study_name: str, objective: str, sampler: str, space: 
     def attempt() -> optuna.Study:
         storage = make_storage(url)
         chosen = make_sampler(sampler, space, seed, existing_trials=count_trials(storage, study_name))
-        return open_study(storage, study_name, objective, chosen, settings, space)
+        return open_study(storage, study_name, objective, chosen, settings, space, make_pruner(pruner))
 
     return _retrying(url, attempt, attempts)
 

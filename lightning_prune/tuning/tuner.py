@@ -10,6 +10,7 @@ config as ``best_config.yaml``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from lightning_prune._logging import info
 from lightning_prune.errors import PruningConfigError
 from lightning_prune.state import largest_drop
 from lightning_prune.tuning import config as configs
-from lightning_prune.tuning import pipeline
+from lightning_prune.tuning import pipeline, reporter
 from lightning_prune.tuning import storage as storages
 from lightning_prune.tuning import study as studies
 from lightning_prune.tuning.objectives import Point, choose_from_front, objective_value
@@ -48,6 +49,7 @@ def tune(
     max_drop: float | None = None,
     points_per_unit: float | None = None,
     sampler: str | None = None,
+    pruner: str | None = None,
     n_trials: int | None = None,
     subset_fraction: float | None = None,
     storage: str | None = None,
@@ -72,6 +74,8 @@ def tune(
         max_drop: Drop budget in the metric's units (default 0.01).
         points_per_unit: ``"ice"``: points per metric unit (default 100).
         sampler: ``"grid"`` (default), ``"tpe"`` or ``"random"``.
+        pruner: ``"none"`` (default) or ``"median"``: stop a stage-1 trial after a pruning step where it
+            is behind the median of the completed trials at the same step (not with ``"pareto"``).
         n_trials: Trials this call runs (grid default: the points not yet evaluated; 0: none).
         subset_fraction: Stage-1 data fraction (default 0.02).
         storage: Optuna storage URL (default ``sqlite:///<output_dir>/study.db``).
@@ -100,7 +104,7 @@ def tune(
         >>> # result.best_params, result.stage2_report
     """
     settings = {"search_space": search_space, "objective": objective, "max_drop": max_drop,
-                "points_per_unit": points_per_unit, "sampler": sampler, "n_trials": n_trials,
+                "points_per_unit": points_per_unit, "sampler": sampler, "pruner": pruner, "n_trials": n_trials,
                 "subset_fraction": subset_fraction, "storage": storage, "study_name": study_name,
                 "output_dir": output_dir, "stage2": stage2, "stage2_subset_fraction": stage2_subset_fraction,
                 "seed": seed, "quiet": quiet}
@@ -129,12 +133,13 @@ def tune(
         except PruningConfigError:
             _remove_empty(created)
             raise
-        study = studies.open_shared(storage_url, study_name, opts.objective, opts.sampler, space, opts.seed, settings_record)
+        study = studies.open_shared(storage_url, study_name, opts.objective, opts.sampler, space, opts.seed, settings_record,
+                                    pruner=opts.pruner)
         requeued = studies.recover(study)
         n_trials = _trials_to_run(study, space, opts)
         info(f"[lightning_prune] tune: study {study_name!r} in {storages.display_url(storage_url)}; "
              f"objective {_objective_text(opts)}, "
-             f"sampler {opts.sampler}, {len(space.params)} parameters"
+             f"sampler {opts.sampler}, pruner {opts.pruner}, {len(space.params)} parameters"
              + (f" ({space.grid_size()} grid points)" if space.grid_size() else "")
              + f", {opts.subset_fraction:g} of the data per trial; "
              f"{sum(t.state == TrialState.COMPLETE for t in study.trials)} trials complete"
@@ -172,11 +177,13 @@ class _Objective:
         trial_dir = self.output_dir / f"trial_{trial.number}"
         config = configs.trial_config(self.config, params, trial_dir, self.opts.subset_fraction, self.opts.seed,
                                        quiet=self.opts.quiet, checkpoints=False)
+        if self.opts.pruner != "none":
+            config["trainer"]["callbacks"].append({"class_path": f"{reporter.__name__}.TrialReporter"})
         config_path = configs.write_config(config, trial_dir / "trial_config.yaml",
                                             header=f"lightning-prune tune: trial {trial.number} of study {trial.study.study_name!r}")
         trial.set_user_attr("dir", str(trial_dir))
         try:
-            with pipeline.quiet_logging(self.opts.quiet):
+            with pipeline.quiet_logging(self.opts.quiet), self._reporting(trial):
                 outcome = pipeline.run_pipeline(config_path)
         except KeyboardInterrupt:
             trial.set_user_attr(storages.INTERRUPTED, "KeyboardInterrupt")
@@ -194,6 +201,12 @@ class _Objective:
                                self.opts.points_per_unit)
 
 
+    def _reporting(self, trial: optuna.Trial) -> contextlib.AbstractContextManager[None]:
+        if self.opts.pruner == "none":
+            return contextlib.nullcontext()
+        return reporter.reporting(trial, self.opts.objective, self.opts.max_drop, self.opts.points_per_unit)
+
+
 class _Progress:
     """Optuna callback: one console line per finished trial."""
 
@@ -206,6 +219,9 @@ class _Progress:
         params = params_text(trial.params)
         if trial.state == TrialState.COMPLETE:
             info(f"{head} {params} -> {outcome_text(_row(trial))}")
+        elif trial.state == TrialState.PRUNED and reporter.STOPPED in trial.user_attrs:
+            info(f"{head} {params} -> stopped after pruning step {trial.user_attrs[reporter.STOPPED]}: behind the "
+                 "completed trials' median there")
         elif trial.state == TrialState.PRUNED:
             info(f"{head} {params} -> invalid combination, skipped: {trial.user_attrs.get('invalid', '')}")
         else:
@@ -276,7 +292,7 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
             row[key] = attrs[key]
     if trial.values is not None:
         row["value"] = trial.values[0] if len(trial.values) == 1 else list(trial.values)
-    for key in ("invalid", storages.INTERRUPTED, storages.RETRY_OF):
+    for key in ("invalid", reporter.STOPPED, storages.INTERRUPTED, storages.RETRY_OF):
         if key in attrs:
             row[key] = attrs[key]
     return row
