@@ -141,6 +141,21 @@ def _ranked(scores: Tensor, count: int) -> Tensor:
     return torch.sort(scores, stable=True).indices[:count]
 
 
+def _smallest(scores: Tensor, count: int) -> Tensor:
+    """``bool`` mask of the ``count`` smallest ``scores`` (1-D, no NaN), ties broken by position: the set
+    :func:`_ranked` gives, found with a selection (``kthvalue``, linear) instead of a full sort."""
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if count <= 0:
+        return chosen
+    if count >= scores.numel():
+        return ~chosen
+    threshold = torch.kthvalue(scores, count).values
+    chosen = scores < threshold
+    ties = (scores == threshold).nonzero().flatten()
+    chosen[ties[: count - int(chosen.sum())]] = True
+    return chosen
+
+
 def _scores(param: Tensor, mask: Tensor | None) -> Tensor:
     """``|w|`` flattened, with already pruned entries ranked first (score -1)."""
     scores = param.detach().abs().flatten().float()
@@ -228,8 +243,7 @@ def simulated_masks(
         keep = torch.cat(kept)
         # rank kept weights by magnitude; pruned ones go last (never selected)
         scores = scores.masked_fill(~keep, float("inf"))
-        chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=device)
-        chosen[_ranked(scores, round(fraction * int(keep.sum())))] = True
+        chosen = _smallest(scores, round(fraction * int(keep.sum())))
         start = 0
         for name in group:
             n = params[name].numel()
