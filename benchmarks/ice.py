@@ -8,7 +8,12 @@ Groups of runs (``--only`` picks some; the goal's pair runs first):
 * ``ablation`` (Table II) at the first ratio: ICE without the threshold / the freezing / the LR rule;
 * ``beyond`` at the first ratio, not in the paper: ThresholdSkipFineTune(reference="last_finetuned"), the
   drops of skipped steps adding up until one fine-tune serves several blocks; with and without the LR rule;
-* ``criteria`` (Fig. 3) at the first ratio: ICE with random, entropy and mean-activation filter ranking.
+* ``criteria`` (Fig. 3) at the first ratio: ICE with random, entropy and mean-activation filter ranking;
+* ``tuned`` at the first ratio: ICE with the parameters stage 1 of ``lightning-prune tune`` chose
+  (:data:`TUNE_SPACE`, grid, ``objective="budget"`` with ``max_drop`` = the baseline's validation drop
+  + ``--tune-slack``, the median pruner, ``--tune-subset-fraction`` of the training split and
+  ``--tune-val-batches`` batches a measurement); the tuning's wall time is reported separately
+  (``tune/tuned.json``) and in the summary's ``tuning_seconds``. Needs the baseline row.
 
 Every run starts from ``configs/ice_resnet20_cifar10.yaml`` with the network swapped (the baseline
 drops the three ICE satellites and keeps the distillation, as both pipelines distil in the paper's CIFAR
@@ -34,6 +39,7 @@ import argparse
 import copy
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,11 @@ SATELLITES = {"threshold": "ThresholdSkipFineTune", "freezing": "LayerFreezer", 
 WEIGHTS = {"resnet20": "weights/resnet20-12fca82f.th", "resnet32": "weights/resnet32-d509ac18.th",
            "resnet56": "weights/resnet56-4bfd9763.th"}
 CRITERIA = ("random", "entropy", "mean_activation")
+#: Stage 1's search space for the ``tuned`` group: the skip rule's threshold and reference (including
+#: ``last_finetuned``, beyond the paper) and eq. 1's base LR; 8 grid points.
+TUNE_SPACE = {"ThresholdSkipFineTune.threshold": [0.01, 0.02],
+              "ThresholdSkipFineTune.reference": ["original", "last_finetuned"],
+              "PruningAwareLR.lr_base": [0.001, 0.005]}
 
 
 def variant(base: dict[str, Any], network: str, ratio: float, importance: str = "l1",
@@ -85,6 +96,29 @@ def plan(network: str, ratios: list[float], only: set[str] | None) -> list[tuple
     return [r for r in runs if only is None or r[0] in only]
 
 
+def tuned(network: str, ratio: float, out: Path, args: argparse.Namespace, baseline: dict[str, Any]) -> dict[str, Any]:
+    """Stage 1 of ``tune`` on ICE's config (once: ``out/tune/tuned.json`` keeps the choice and its wall time);
+    the config with the chosen parameters."""
+    from lightning_prune.tuning import tune
+    from lightning_prune.tuning.config import apply_params
+
+    config = variant(yaml.safe_load(BASE.read_text()), network, ratio)
+    record = out / "tune" / "tuned.json"
+    if not record.exists():
+        stage1 = copy.deepcopy(config)
+        stage1["trainer"].update(limit_val_batches=args.tune_val_batches, enable_progress_bar=False)
+        max_drop = baseline["metric_before"] - baseline["metric_after"] + args.tune_slack
+        started = time.perf_counter()
+        result = tune(stage1, TUNE_SPACE, objective="budget", max_drop=max_drop, pruner="median", sampler="grid",
+                      subset_fraction=args.tune_subset_fraction, stage2=False, output_dir=out / "tune")
+        record.write_text(json.dumps({"best_params": result.best_params, "seconds": time.perf_counter() - started,
+                                      "max_drop": max_drop, "feasible": result.feasible,
+                                      "subset_fraction": args.tune_subset_fraction,
+                                      "val_batches": args.tune_val_batches,
+                                      "trials": result.trials}, indent=2, default=str) + "\n")
+    return apply_params(config, json.loads(record.read_text())["best_params"])
+
+
 def _acc(row: dict[str, Any]) -> float | None:
     value = row.get("test", {}).get("test_acc")
     return None if value is None else 100 * value
@@ -101,9 +135,11 @@ def _time_split(row: dict[str, Any]) -> str:
             f" / {max(other, 0.0):.0f}")
 
 
-def summary(rows: dict[str, dict[str, Any]], network: str, ratio: float, dense: float | None) -> dict[str, Any]:
+def summary(rows: dict[str, dict[str, Any]], network: str, ratio: float, dense: float | None,
+            tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     """The issue's ``summary.json`` for ``ratio`` (accuracy in percent)."""
     base, ice = rows.get(f"baseline_r{ratio}", {}), rows.get(f"ice_default_r{ratio}", {})
+    tuned_row = rows.get(f"ice_tuned_r{ratio}", {})
 
     def entry(row: dict[str, Any]) -> dict[str, Any] | None:
         return {"test_acc": _acc(row), "seconds": row["seconds_total"]} if row else None
@@ -111,7 +147,9 @@ def summary(rows: dict[str, dict[str, Any]], network: str, ratio: float, dense: 
     macs = (1 - base["macs_after"] / base["macs_before"]) if base else None
     return {"network": network, "ratio": ratio, "unpruned_test_acc": None if dense is None else 100 * dense,
             "macs_reduction": macs, "device": base.get("device") or ice.get("device"),
-            "baseline": entry(base), "ice_default": entry(ice), "ice_tuned": None}
+            "baseline": entry(base), "ice_default": entry(ice),
+            "ice_tuned": ({**entry(tuned_row), "tuning_seconds": tuning["seconds"]}  # type: ignore[dict-item]
+                          if tuned_row and tuning else None)}
 
 
 def make_report(network: str, ratios: list[float], args: argparse.Namespace, dense: dict[str, float]):
@@ -142,7 +180,9 @@ def make_report(network: str, ratios: list[float], args: argparse.Namespace, den
         if analysis.exists():
             lines += ["", analysis.read_text().rstrip()]
         (out / "results.md").write_text("\n".join(lines) + "\n")
-        (out / "summary.json").write_text(json.dumps(summary(rows, network, ratios[0], unpruned), indent=2) + "\n")
+        record = out / "tune" / "tuned.json"
+        tuning = json.loads(record.read_text()) if record.exists() else None
+        (out / "summary.json").write_text(json.dumps(summary(rows, network, ratios[0], unpruned, tuning), indent=2) + "\n")
         if points:
             import matplotlib
 
@@ -173,7 +213,12 @@ def main() -> None:
     parser.add_argument("--subset-fraction", type=float, default=0.02, help="fraction of the training split an epoch")
     parser.add_argument("--val-batches", type=int, default=10, help="batches of the deciding half a measurement uses")
     parser.add_argument("--out", default="benchmarks/results/ice/resnet56")
-    parser.add_argument("--only", nargs="*", choices=["goal", "ablation", "beyond", "criteria"], help="run only these groups")
+    parser.add_argument("--only", nargs="*", choices=["goal", "ablation", "beyond", "criteria", "tuned"],
+                        help="run only these groups")
+    parser.add_argument("--tune-subset-fraction", type=float, default=0.002, help="stage 1: training fraction a trial")
+    parser.add_argument("--tune-val-batches", type=int, default=3, help="stage 1: batches a measurement uses")
+    parser.add_argument("--tune-slack", type=float, default=0.005,
+                        help="stage 1's max_drop: the baseline's validation drop plus this")
     args = parser.parse_args()
     runs = plan(args.network, args.ratios, set(args.only) if args.only else None)
     out = Path(args.out)
@@ -185,8 +230,19 @@ def main() -> None:
         dense_path.write_text(json.dumps(dense) + "\n")
     extra = [f"--data.init_args.subset_fraction={args.subset_fraction}", "--trainer.enable_progress_bar=false",
              f"--trainer.limit_val_batches={args.val_batches}"]
-    run_plan(runs, out, extra, make_report(args.network, args.ratios, args, dense),
-             enrich=lambda row, _: row.update(subset_fraction=args.subset_fraction, val_batches=args.val_batches))
+    report = make_report(args.network, args.ratios, args, dense)
+
+    def enrich(row: dict[str, Any], _: str) -> None:
+        row.update(subset_fraction=args.subset_fraction, val_batches=args.val_batches)
+
+    rows = run_plan(runs, out, extra, report, enrich=enrich)
+    if args.only is None or "tuned" in args.only:
+        first = args.ratios[0]
+        baseline = rows.get(f"baseline_r{first}")
+        if baseline is None:
+            raise SystemExit(f"the tuned group needs baseline_r{first} (its drop sets stage 1's max_drop): run --only goal")
+        run_plan([("tuned", f"ice_tuned_r{first}", tuned(args.network, first, out, args, baseline))], out, extra,
+                 report, enrich=enrich)
 
 
 if __name__ == "__main__":
