@@ -8,6 +8,8 @@ Groups of runs (``--only`` picks some; the goal's pair runs first):
 * ``ablation`` (Table II) at the first ratio: ICE without the threshold / the freezing / the LR rule;
 * ``beyond`` at the first ratio, not in the paper: ThresholdSkipFineTune(reference="last_finetuned"), the
   drops of skipped steps adding up until one fine-tune serves several blocks; with and without the LR rule;
+  and "fast" runs: skip decisions measured on 4 validation batches (``eval_batches=4``), no freezing probe,
+  a fixed LR (the model's 1e-3, then 3e-3 for the fewer fine-tunes, at thresholds of 1 and 2 points);
 * ``criteria`` (Fig. 3) at the first ratio: ICE with random, entropy and mean-activation filter ranking;
 * ``tuned`` at the first ratio: ICE with the parameters stage 1 of ``lightning-prune tune`` chose
   (:data:`TUNE_SPACE`, grid, ``objective="budget"`` with ``max_drop`` = the baseline's validation drop
@@ -61,11 +63,14 @@ TUNE_SPACE = {"ThresholdSkipFineTune.threshold": [0.01, 0.02],
 
 
 def variant(base: dict[str, Any], network: str, ratio: float, importance: str = "l1",
-            without: tuple[str, ...] = (), threshold: dict[str, Any] | None = None) -> dict[str, Any]:
+            without: tuple[str, ...] = (), threshold: dict[str, Any] | None = None,
+            lr: float | None = None) -> dict[str, Any]:
     """The base ICE config on ``network`` at ``ratio`` with ``importance``, minus the named satellites, with
-    ``threshold`` overriding ThresholdSkipFineTune's arguments."""
+    ``threshold`` overriding ThresholdSkipFineTune's arguments and ``lr`` the optimiser's learning rate."""
     config = copy.deepcopy(base)
     config["model"]["init_args"].update(model=f"cifar_{network}", weights=WEIGHTS[network])
+    if lr is not None:
+        config["model"]["init_args"]["lr"] = lr
     drop = {SATELLITES[w] for w in without}
     callbacks = [c for c in config["trainer"]["callbacks"] if c["class_path"].rsplit(".", 1)[-1] not in drop]
     callbacks[0]["init_args"].update(pruning_ratio=ratio, importance=importance)
@@ -91,6 +96,15 @@ def plan(network: str, ratios: list[float], only: set[str] | None) -> list[tuple
     runs.append(("beyond", f"ice_last_finetuned_r{first}", variant(base, network, first, threshold=last)))
     runs.append(("beyond", f"ice_last_finetuned_no_lr_r{first}",
                  variant(base, network, first, without=("lr",), threshold=last)))
+    # beyond, for speed: decisions on 4 batches (512 images) instead of every validation batch, no probe
+    # epoch (freezing saved little and cost accuracy), a fixed LR; then that LR raised for the fewer fine-tunes
+    fast = {"reference": "last_finetuned", "eval_batches": 4}
+    runs.append(("beyond", f"ice_fast_r{first}", variant(base, network, first, without=("lr", "freezing"),
+                                                          threshold=fast)))
+    for lr, threshold in ((0.003, 0.01), (0.003, 0.02)):
+        runs.append(("beyond", f"ice_fast_lr{lr:g}_t{threshold:g}_r{first}",
+                     variant(base, network, first, without=("lr", "freezing"), threshold={**fast, "threshold": threshold},
+                             lr=lr)))
     for criterion in CRITERIA:
         runs.append(("criteria", f"ice_{criterion}_r{first}", variant(base, network, first, importance=criterion)))
     return [r for r in runs if only is None or r[0] in only]

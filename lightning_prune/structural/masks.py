@@ -19,6 +19,7 @@ weights closest to zero", and the exact ``|w|`` ranking used here is what the pa
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -141,19 +142,47 @@ def _ranked(scores: Tensor, count: int) -> Tensor:
     return torch.sort(scores, stable=True).indices[:count]
 
 
-def _smallest(scores: Tensor, count: int) -> Tensor:
-    """``bool`` mask of the ``count`` smallest ``scores`` (1-D, no NaN), ties broken by position: the set
-    :func:`_ranked` gives, found with a selection (``kthvalue``, linear) instead of a full sort."""
-    chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if count <= 0:
-        return chosen
-    if count >= scores.numel():
-        return ~chosen
-    threshold = torch.kthvalue(scores, count).values
-    chosen = scores < threshold
-    ties = (scores == threshold).nonzero().flatten()
-    chosen[ties[: count - int(chosen.sum())]] = True
+#: Values sampled to bracket the threshold of :func:`_smallest` (a strided sample of this size).
+_SAMPLE = 1 << 18
+
+
+def _smallest(scores: list[Tensor], count: int) -> list[Tensor]:
+    """``bool`` masks of the ``count`` smallest values over ``scores`` (1-D tensors taken in order, no NaN),
+    ties broken by position: the set :func:`_ranked` gives on their concatenation, found without sorting.
+
+    The threshold (the ``count``-th smallest value) is bracketed from a strided sample, so only the values
+    inside the bracket are selected from (``kthvalue``); when the bracket misses, from all of them.
+    """
+    total = sum(s.numel() for s in scores)
+    if count <= 0 or count >= total:
+        return [torch.full_like(s, count > 0, dtype=torch.bool) for s in scores]
+    threshold = _kth_smallest(scores, count, total)
+    chosen = [s < threshold for s in scores]
+    remaining = count - sum(int(c.sum()) for c in chosen)
+    for s, c in zip(scores, chosen):
+        if remaining <= 0:
+            break
+        ties = (s == threshold).nonzero().flatten()[:remaining]
+        c[ties] = True
+        remaining -= ties.numel()
     return chosen
+
+
+def _kth_smallest(scores: list[Tensor], count: int, total: int) -> Tensor:
+    stride = total // _SAMPLE
+    if stride > 1:
+        sample = torch.cat([s[::stride] for s in scores])
+        size, q = sample.numel(), count / total
+        margin = 8 * math.sqrt(q * (1 - q) / size) + 2 / size  # 8 standard deviations of the sample quantile
+        low_rank, high_rank = math.floor((q - margin) * size), math.ceil((q + margin) * size)
+        low = torch.kthvalue(sample, low_rank).values if low_rank >= 1 else None
+        high = torch.kthvalue(sample, high_rank).values if high_rank <= size else None
+        below = sum(int((s < low).sum()) for s in scores) if low is not None else 0
+        inside = [(s >= low if low is not None else torch.ones_like(s, dtype=torch.bool))
+                  & (s <= high if high is not None else torch.ones_like(s, dtype=torch.bool)) for s in scores]
+        if below < count <= below + sum(int(i.sum()) for i in inside):
+            return torch.kthvalue(torch.cat([s[i] for s, i in zip(scores, inside)]), count - below).values
+    return torch.kthvalue(torch.cat(scores), count).values
 
 
 def _scores(param: Tensor, mask: Tensor | None) -> Tensor:
@@ -236,19 +265,18 @@ def simulated_masks(
         return {n: torch.zeros_like(params[n], dtype=torch.bool) for n in names}
     groups = [[n] for n in names] if scope == "layerwise" else [names]
     for group in groups:
-        device = params[group[0]].device
-        kept = [masks[n].to(device).flatten() if n in masks else torch.ones(params[n].numel(), dtype=torch.bool,
-                                                                             device=device) for n in group]
-        scores = torch.cat([params[n].detach().abs().flatten().float().to(device) for n in group])
-        keep = torch.cat(kept)
         # rank kept weights by magnitude; pruned ones go last (never selected)
-        scores = scores.masked_fill(~keep, float("inf"))
-        chosen = _smallest(scores, round(fraction * int(keep.sum())))
-        start = 0
-        for name in group:
-            n = params[name].numel()
-            out[name] = chosen[start:start + n].view_as(params[name]).to(params[name].device)
-            start += n
+        scores = [params[n].detach().abs().flatten().float() for n in group]
+        kept = 0
+        for i, name in enumerate(group):
+            if name in masks:
+                keep = masks[name].to(scores[i].device).flatten()
+                scores[i] = scores[i].masked_fill(~keep, float("inf"))
+                kept += int(keep.sum())
+            else:
+                kept += scores[i].numel()
+        for name, chosen in zip(group, _smallest(scores, round(fraction * kept))):
+            out[name] = chosen.view_as(params[name])
     return out
 
 

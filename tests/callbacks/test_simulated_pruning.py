@@ -109,19 +109,24 @@ def test_zero_sparsity_is_off_and_state_round_trips() -> None:
     assert clone.sparsity == 0.0 and clone._controller is None
 
 
-def test_the_per_step_selection_is_the_stable_sorts_set_found_without_sorting() -> None:
-    """``simulated_masks`` runs every training step: it selects with ``kthvalue`` (linear) instead of sorting
-    (a full sort of ResNet-50's 25M weights took 3.7 s a step on 2 CPU threads), and must pick exactly the
-    weights the stable sort picks, ties broken by position."""
-    from lightning_prune.structural.masks import _ranked, _smallest
+def test_the_per_step_selection_is_the_stable_sorts_set_found_without_sorting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``simulated_masks`` runs every training step: it selects with a bracketed ``kthvalue`` instead of
+    sorting (a full sort of ResNet-50's 25M weights took 3.7 s a step on 2 CPU threads), and must pick
+    exactly the weights a stable sort of the concatenated scores picks, ties broken by position, whether
+    the sampled bracket holds the threshold or not."""
+    from lightning_prune.structural import masks
 
     generator = torch.Generator().manual_seed(0)
-    for size in (1, 7, 100, 1000):
-        for trial in range(20):
-            scores = torch.randint(0, 5, (size,), generator=generator).float()  # many ties
-            if trial % 2:
-                scores[torch.rand(size, generator=generator) < 0.3] = float("inf")  # pruned weights rank last
-            for count in {0, 1, size // 3, size - 1, size}:
-                expected = torch.zeros(size, dtype=torch.bool)
-                expected[_ranked(scores, count)] = True
-                assert torch.equal(_smallest(scores, count), expected), (size, count)
+    for sample in (1 << 18, 16, 2):  # no sampling / a bracket from a small sample / one that often misses
+        monkeypatch.setattr(masks, "_SAMPLE", sample)
+        for size in (1, 7, 100, 1000):
+            for trial in range(10):
+                scores = torch.randint(0, 5 if trial % 3 else 1000, (size,), generator=generator).float()
+                if trial % 2:
+                    scores[torch.rand(size, generator=generator) < 0.3] = float("inf")  # pruned weights rank last
+                cut = sorted(torch.randint(0, size + 1, (2,), generator=generator).tolist())
+                parts = [scores[: cut[0]], scores[cut[0]: cut[1]], scores[cut[1]:]]  # three tensors, in order
+                for count in {0, 1, size // 3, size - 1, size}:
+                    expected = torch.zeros(size, dtype=torch.bool)
+                    expected[masks._ranked(scores, count)] = True
+                    assert torch.equal(torch.cat(masks._smallest(parts, count)), expected), (sample, size, count)
