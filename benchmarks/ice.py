@@ -8,8 +8,9 @@ Groups of runs (``--only`` picks some; the goal's pair runs first):
 * ``ablation`` (Table II) at the first ratio: ICE without the threshold / the freezing / the LR rule;
 * ``beyond`` at the first ratio, not in the paper: ThresholdSkipFineTune(reference="last_finetuned"), the
   drops of skipped steps adding up until one fine-tune serves several blocks; with and without the LR rule;
-  and "fast" runs: skip decisions measured on 4 validation batches (``eval_batches=4``), no freezing probe,
-  a fixed LR (the model's 1e-3, then 3e-3 for the fewer fine-tunes, at thresholds of 1 and 2 points);
+  and "fast" runs: skip decisions measured on 4 validation batches (``eval_batches=4``; one run with 6), no
+  freezing probe, a fixed LR (the model's 1e-3, then 3e-3 or 5e-3 for the fewer fine-tunes, at thresholds
+  of 1 and 2 points);
 * ``criteria`` (Fig. 3) at the first ratio: ICE with random, entropy and mean-activation filter ranking;
 * ``tuned`` at the first ratio: ICE with the parameters stage 1 of ``lightning-prune tune`` chose
   (:data:`TUNE_SPACE`, grid, ``objective="budget"`` with ``max_drop`` = the baseline's validation drop
@@ -101,10 +102,11 @@ def plan(network: str, ratios: list[float], only: set[str] | None) -> list[tuple
     fast = {"reference": "last_finetuned", "eval_batches": 4}
     runs.append(("beyond", f"ice_fast_r{first}", variant(base, network, first, without=("lr", "freezing"),
                                                           threshold=fast)))
-    for lr, threshold in ((0.003, 0.01), (0.003, 0.02)):
-        runs.append(("beyond", f"ice_fast_lr{lr:g}_t{threshold:g}_r{first}",
-                     variant(base, network, first, without=("lr", "freezing"), threshold={**fast, "threshold": threshold},
-                             lr=lr)))
+    for lr, threshold, batches in ((0.003, 0.01, 4), (0.003, 0.02, 4), (0.005, 0.01, 4), (0.003, 0.01, 6)):
+        suffix = "" if batches == 4 else f"_eval{batches}"
+        runs.append(("beyond", f"ice_fast_lr{lr:g}_t{threshold:g}{suffix}_r{first}",
+                     variant(base, network, first, without=("lr", "freezing"),
+                             threshold={**fast, "threshold": threshold, "eval_batches": batches}, lr=lr)))
     for criterion in CRITERIA:
         runs.append(("criteria", f"ice_{criterion}_r{first}", variant(base, network, first, importance=criterion)))
     return [r for r in runs if only is None or r[0] in only]
@@ -229,6 +231,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/ice/resnet56")
     parser.add_argument("--only", nargs="*", choices=["goal", "ablation", "beyond", "criteria", "tuned"],
                         help="run only these groups")
+    parser.add_argument("--rerun", nargs="*", default=[], help="run these finished runs again (e.g. the baseline "
+                        "beside a new candidate: ratios are taken within one invocation)")
     parser.add_argument("--tune-subset-fraction", type=float, default=0.002, help="stage 1: training fraction a trial")
     parser.add_argument("--tune-val-batches", type=int, default=3, help="stage 1: batches a measurement uses")
     parser.add_argument("--tune-slack", type=float, default=0.005,
@@ -249,7 +253,7 @@ def main() -> None:
     def enrich(row: dict[str, Any], _: str) -> None:
         row.update(subset_fraction=args.subset_fraction, val_batches=args.val_batches)
 
-    rows = run_plan(runs, out, extra, report, enrich=enrich)
+    rows = run_plan(runs, out, extra, report, enrich=enrich, rerun=frozenset(args.rerun))
     if args.only is None or "tuned" in args.only:
         first = args.ratios[0]
         baseline = rows.get(f"baseline_r{first}")

@@ -69,8 +69,13 @@ def run_plan(
     extra: list[str],
     report: Callable[[dict[str, dict[str, Any]], Path], None],
     enrich: Callable[[dict[str, Any], str], None] | None = None,
+    rerun: frozenset[str] = frozenset(),
 ) -> dict[str, dict[str, Any]]:
-    """Run ``(group, name, config)`` runs, resuming from ``out/results.jsonl``; ``report`` after each run."""
+    """Run ``(group, name, config)`` runs, resuming from ``out/results.jsonl``; ``report`` after each run.
+
+    The names in ``rerun`` run again even when finished (their new line wins; the old one stays in the file):
+    a ratio is taken within one invocation, so a candidate run later is compared with a baseline run again.
+    """
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "results.jsonl"
     rows: dict[str, dict[str, Any]] = {}
@@ -79,7 +84,7 @@ def run_plan(
     for group, name, config in runs:
         # a row measured on another validation split (before val_from existed: none) is not comparable
         val_from = config.get("data", {}).get("init_args", {}).get("val_from", "train")
-        if name in rows and rows[name].get("val_from", "train") == val_from:
+        if name in rows and rows[name].get("val_from", "train") == val_from and name not in rerun:
             continue
         path = out / "configs" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
