@@ -14,7 +14,9 @@ model retrained alike):
   the adaptive row of Table 4;
 * ``fixed`` (Table 4): fixed-rate iterative attention (IAP) and L1 (ILP) pruning, 5 % of the filters a
   round as in the paper, to the parameter reduction the adaptive run reached, with the same epoch
-  budget (one epoch a round, the remainder as final fine-tuning). Needs the ``size`` group's run.
+  budget (one epoch a round, the remainder as final fine-tuning). Needs the ``size`` group's run;
+* ``final`` (Table 4, beyond the paper): the parameter-target run followed by ``FINAL_EPOCHS`` fine-tuning
+  epochs of the round it returns, so that it, too, ends with fine-tuning within the same epoch budget.
 
 Each retraining epoch sees a seeded ``--subset-fraction`` of the training split; measurements use a
 seeded half of the test split (``val_from: test`` in the base config: the weights were trained on all of
@@ -91,6 +93,19 @@ def variant(base: dict[str, Any], importance: str = "attention", target: str = "
     return config
 
 
+#: Final fine-tuning epochs of the ``final`` group's parameter-target run: the fixed-rate runs of Table 4 end
+#: with fine-tuning epochs, the adaptive run without; 12 rounds (where the parameter target is reached) + 8 = the
+#: fixed-rate runs' 20 epochs.
+FINAL_EPOCHS = 8
+
+
+def with_final_epochs(config: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """``config`` with ``epochs`` fine-tuning epochs after the adaptive rounds end (on the round they return)."""
+    config = copy.deepcopy(config)
+    config["trainer"]["callbacks"][0]["init_args"]["final_finetune_epochs"] = epochs
+    return config
+
+
 def distilled(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with distillation from the unpruned model in every retraining epoch (as the ICE benchmark)."""
     config = copy.deepcopy(config)
@@ -147,6 +162,8 @@ def plan(only: set[str] | None, max_rounds: int | None) -> list[tuple[str, str, 
         ("size", "attention_params50", variant(base, "attention", "params", 0.5, max_rounds)),
         ("size", "attention_flops50", variant(base, "attention", "flops", 0.5, max_rounds)),
         ("accuracy", "l1_acc1", variant(base, "l1", "accuracy", 0.01, max_rounds)),
+        ("final", f"attention_params50_final{FINAL_EPOCHS}",
+         with_final_epochs(variant(base, "attention", "params", 0.5, max_rounds), FINAL_EPOCHS)),
     ]
     runs += [
         ("oneshot", oneshot_name(ratio, model, name), uniform(base, importance, kwargs, ratio, 1, 0, model))
@@ -197,7 +214,7 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
                          f"| {drop} | {_pct(r['params_before'], r['params_after'])} "
                          f"| {_pct(r['macs_before'], r['macs_after'])} |")
         lines.append("")
-    adaptive = {n: r for n, r in rows.items() if r["group"] in ("accuracy", "size")}
+    adaptive = {n: r for n, r in rows.items() if r["group"] in ("accuracy", "size", "final")}
     if adaptive:
         lines += ["## Adaptive runs (accuracy, parameter and FLOPs targets)", "",
                   "| run | test acc | val drop (points) | params removed | MACs removed | rounds | rolled back "
@@ -212,7 +229,8 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
                 f"| {len(rounds) - 1} | {rollbacks} | {aap.get('final_round')} | {aap.get('stop_reason')} "
                 f"| {r['seconds_total']:.0f} |")
         lines.append("")
-    table4 = [("adaptive (AAP)", rows.get("attention_params50"))]
+    table4 = [("adaptive (AAP)", rows.get("attention_params50")),
+              (f"adaptive (AAP), then {FINAL_EPOCHS} fine-tuning epochs", rows.get(f"attention_params50_final{FINAL_EPOCHS}"))]
     table4 += [(label, rows.get(f"{key}_fixed")) for key, label in (("iap", "IAP (fixed rate)"), ("ilp", "ILP (fixed rate)"))]
     table4 = [(label, r) for label, r in table4 if r is not None]
     if len(table4) > 1:
@@ -223,7 +241,8 @@ def report(rows: dict[str, dict[str, Any]], out: Path) -> None:
             if r["group"] == "fixed":
                 rounds, epochs = r["steps"], r["steps"] + r.get("final_epochs", 0)
             else:
-                rounds = epochs = len(r.get("rounds", [])) - 1
+                rounds = len(r.get("rounds", [])) - 1
+                epochs = rounds + r.get("final_epochs", 0)
             lines.append(f"| {label} | {_test(r)} | {_pct(r['params_before'], r['params_after'])} "
                          f"| {_pct(r['macs_before'], r['macs_after'])} | {rounds} | {epochs} "
                          f"| {r['seconds_total']:.0f} |")
@@ -283,7 +302,8 @@ def epochs_of(row: dict[str, Any]) -> int:
     """Training epochs a run spent: one a round (rolled back or not), the reference retraining, fixed runs' own."""
     if row["group"] == "fixed":
         return row["steps"] + row.get("final_epochs", 0)
-    return len(row.get("rounds", [])) - 1 + (1 if row.get("aap", {}).get("metric_retrained_unpruned") is not None else 0)
+    reference = 1 if row.get("aap", {}).get("metric_retrained_unpruned") is not None else 0
+    return len(row.get("rounds", [])) - 1 + row.get("final_epochs", 0) + reference
 
 
 def summary(rows: dict[str, dict[str, Any]], out: Path, unpruned: float | None) -> None:
@@ -306,6 +326,10 @@ def summary(rows: dict[str, dict[str, Any]], out: Path, unpruned: float | None) 
         "adaptive": pct(adaptive), "iap": pct(rows.get("iap_fixed")), "ilp": pct(rows.get("ilp_fixed")),
         "params_reduction": round(1 - adaptive["params_after"] / adaptive["params_before"], 4),
         "epochs": epochs_of(adaptive)}
+    final = rows.get(f"attention_params50_final{FINAL_EPOCHS}")
+    if table4 is not None and final is not None:
+        table4.update(adaptive_final=pct(final), adaptive_final_epochs=epochs_of(final),
+                      adaptive_final_params_reduction=round(1 - final["params_after"] / final["params_before"], 4))
     first = next(iter(rows.values()), {})
     data = {"network": NETWORK[0], "device": first.get("device"), "threads": first.get("threads"),
             "unpruned_test_acc": None if unpruned is None else round(100 * unpruned, 2),
@@ -322,7 +346,7 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=None, help="override max_rounds (smoke tests)")
     parser.add_argument("--network", default="resnet56", choices=sorted(MODELS))
     parser.add_argument("--out", default=None, help="output folder (default: benchmarks/results/aap/NETWORK)")
-    parser.add_argument("--only", nargs="*", choices=["oneshot", "accuracy", "size", "fixed"],
+    parser.add_argument("--only", nargs="*", choices=["oneshot", "accuracy", "size", "fixed", "final"],
                         help="run only these groups")
     args = parser.parse_args()
     NETWORK[0] = args.network
