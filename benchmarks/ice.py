@@ -135,6 +135,28 @@ def tuned(network: str, ratio: float, out: Path, args: argparse.Namespace, basel
     return apply_params(config, json.loads(record.read_text())["best_params"])
 
 
+def reseeded(runs: list[tuple[str, str, dict[str, Any]]], seed: int,
+             names: list[str] | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """``runs`` restricted to ``names`` (all when ``None``); for a ``seed`` other than 0, with that seed
+    (``seed_everything`` and the data's) and named ``seed<seed>_<name>``."""
+    chosen = [r for r in runs if names is None or r[1] in names]
+    if seed == 0:
+        return chosen
+    out = []
+    for group, name, config in chosen:
+        config = copy.deepcopy(config)
+        config["seed_everything"] = seed
+        config["data"]["init_args"]["seed"] = seed
+        out.append((group, f"seed{seed}_{name}", config))
+    return out
+
+
+def _baseline_of(name: str, ratio: float, rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The baseline run a run's time ratio is taken against: the one of its seed."""
+    prefix = name.split("_", 1)[0] + "_" if name.startswith("seed") else ""
+    return rows.get(f"{prefix}baseline_r{ratio}")
+
+
 def _acc(row: dict[str, Any]) -> float | None:
     value = row.get("test", {}).get("test_acc")
     return None if value is None else 100 * value
@@ -185,7 +207,7 @@ def make_report(network: str, ratios: list[float], args: argparse.Namespace, den
         points = []
         for name, row in rows.items():
             ratio = float(name.rsplit("_r", 1)[1])
-            base = rows.get(f"baseline_r{ratio}")
+            base = _baseline_of(name, ratio, rows)
             speed = f"{base['seconds_total'] / row['seconds_total']:.2f}" if base else "-"
             lines.append(f"| {name} | {_fmt(_acc(row))} | {row['macs_after']:,} of {row['macs_before']:,} | "
                          f"{row['seconds_total']:.0f} | {speed} | {_time_split(row)} | "
@@ -233,12 +255,15 @@ def main() -> None:
                         help="run only these groups")
     parser.add_argument("--rerun", nargs="*", default=[], help="run these finished runs again (e.g. the baseline "
                         "beside a new candidate: ratios are taken within one invocation)")
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything and the data seed (subset, order); "
+                        "runs of another seed than 0 are named seed<N>_<name> and compared with that seed's baseline")
+    parser.add_argument("--names", nargs="*", help="run only these runs of the chosen groups (names without the seed)")
     parser.add_argument("--tune-subset-fraction", type=float, default=0.002, help="stage 1: training fraction a trial")
     parser.add_argument("--tune-val-batches", type=int, default=3, help="stage 1: batches a measurement uses")
     parser.add_argument("--tune-slack", type=float, default=0.005,
                         help="stage 1's max_drop: the baseline's validation drop plus this")
     args = parser.parse_args()
-    runs = plan(args.network, args.ratios, set(args.only) if args.only else None)
+    runs = reseeded(plan(args.network, args.ratios, set(args.only) if args.only else None), args.seed, args.names)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dense_path = out / "unpruned.json"
