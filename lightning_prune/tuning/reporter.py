@@ -22,14 +22,13 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_prune.callbacks.base import PruningController, PruningSatellite
+from lightning_prune.callbacks.threshold_skip import drop as metric_drop
 from lightning_prune.state import StepRecord
 from lightning_prune.tuning.objectives import objective_value
+from lightning_prune.tuning.study import STOPPED
 
 if TYPE_CHECKING:
     import optuna
-
-#: The trial's user attribute naming the step after which the pruner stopped it.
-STOPPED = "stopped_after_step"
 
 
 @dataclass(frozen=True)
@@ -78,17 +77,6 @@ def intermediate_value(objective: str, seconds: float, drop: float, max_drop: fl
     return value
 
 
-def stopped_step(trial_attrs: dict[str, object]) -> int | None:
-    """The step after which a pruner stopped the trial (``None``: it was not stopped).
-
-    Example:
-        >>> stopped_step({"stopped_after_step": 3}), stopped_step({})
-        (3, None)
-    """
-    step = trial_attrs.get(STOPPED)
-    return int(step) if isinstance(step, int) else None
-
-
 class TrialReporter(PruningSatellite, Callback):
     """Report a stage-1 trial's objective after every pruning step; stop it when the study's pruner says so.
 
@@ -116,7 +104,7 @@ class TrialReporter(PruningSatellite, Callback):
             return
         import optuna
 
-        drop = before - after if controller.mode == "max" else after - before
+        drop = metric_drop(before, after, controller.mode)
         value = intermediate_value(target.objective, time.perf_counter() - self._started, drop, target.max_drop,
                                    target.points_per_unit)
         target.trial.report(value, record.step)

@@ -12,7 +12,7 @@ from lightning_prune.errors import PruningConfigError
 from lightning_prune.tuning.objectives import INFEASIBLE, check_objective
 from lightning_prune.tuning.space import SearchSpace
 from lightning_prune.tuning.storage import display_url
-from lightning_prune.tuning.study import PRUNERS, check_sampler
+from lightning_prune.tuning.study import PRUNERS, STOPPED, check_sampler
 
 #: Number of trials a TPE / random study runs per call when ``n_trials`` is not given.
 DEFAULT_TRIALS = 20
@@ -165,7 +165,7 @@ class TuneResult:
     def summary(self) -> str:
         """A few human-readable lines: study, counts, the choice, the files."""
         states = [t["state"] for t in self.trials]
-        stopped = sum(1 for t in self.trials if t["state"] == "PRUNED" and "stopped_after_step" in t)
+        stopped = sum(1 for t in self.trials if t["state"] == "PRUNED" and STOPPED in t)
         counts = (f"{states.count('COMPLETE')} complete, {stopped} stopped early, "
                   f"{states.count('PRUNED') - stopped} invalid, {states.count('FAIL')} failed")
         lines = [f"study {self.study_name!r} ({display_url(self.storage)}): objective {self.objective}, "

@@ -49,6 +49,9 @@ PRUNERS = ("none", "median")
 #: Trials that complete before the median pruner stops any.
 STARTUP_TRIALS = 2
 
+#: The trial's user attribute naming the step after which the pruner stopped it.
+STOPPED = "stopped_after_step"
+
 _SETTINGS_KEY = "lightning_prune"
 #: Study user attribute holding the search space the study was created with (``SearchSpace.to_dict()``).
 _SPACE_KEY = "lightning_prune.search_space"

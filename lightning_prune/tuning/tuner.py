@@ -219,8 +219,8 @@ class _Progress:
         params = params_text(trial.params)
         if trial.state == TrialState.COMPLETE:
             info(f"{head} {params} -> {outcome_text(_row(trial))}")
-        elif trial.state == TrialState.PRUNED and reporter.STOPPED in trial.user_attrs:
-            info(f"{head} {params} -> stopped after pruning step {trial.user_attrs[reporter.STOPPED]}: behind the "
+        elif trial.state == TrialState.PRUNED and studies.STOPPED in trial.user_attrs:
+            info(f"{head} {params} -> stopped after pruning step {trial.user_attrs[studies.STOPPED]}: behind the "
                  "completed trials' median there")
         elif trial.state == TrialState.PRUNED:
             info(f"{head} {params} -> invalid combination, skipped: {trial.user_attrs.get('invalid', '')}")
@@ -292,7 +292,7 @@ def _row(trial: FrozenTrial) -> dict[str, Any]:
             row[key] = attrs[key]
     if trial.values is not None:
         row["value"] = trial.values[0] if len(trial.values) == 1 else list(trial.values)
-    for key in ("invalid", reporter.STOPPED, storages.INTERRUPTED, storages.RETRY_OF):
+    for key in ("invalid", studies.STOPPED, storages.INTERRUPTED, storages.RETRY_OF):
         if key in attrs:
             row[key] = attrs[key]
     return row
