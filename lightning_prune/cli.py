@@ -1,9 +1,10 @@
 """The ``lightning-prune`` command: LightningCLI's subcommands with this library's modules and callbacks,
-plus ``tune``.
+plus ``tune`` and ``report``.
 
 Importing this module is cheap: torch and Lightning are imported only when a subcommand runs, so
 ``lightning-prune --help`` answers at once. ``fit|validate|test|predict`` run
-:class:`lightning_prune.lightning_cli.PruneCLI`; ``tune`` runs :mod:`lightning_prune.tuning.command`.
+:class:`lightning_prune.lightning_cli.PruneCLI`; ``tune`` runs :mod:`lightning_prune.tuning.command`;
+``report`` runs :mod:`lightning_prune.report_command`.
 
 Example:
     ``lightning-prune fit --config configs/quickstart.yaml``
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
 __all__ = ["PruneCLI", "main", "make_cli"]  # noqa: F822 - PruneCLI and make_cli come from __getattr__
 
 #: The subcommands and their one-line descriptions, as ``lightning-prune --help`` lists them. The first
-#: four are LightningCLI's (``tests/test_cli.py`` checks they still are); ``tune`` is this library's.
+#: four are LightningCLI's (``tests/test_cli.py`` checks they still are); ``tune`` and ``report`` are this library's.
 SUBCOMMANDS: dict[str, str] = {
     "fit": "Train (and prune, through the config's callbacks).",
     "validate": "Run one evaluation epoch over the validation set.",
     "test": "Run one evaluation epoch over the test set.",
     "predict": "Run inference on the prediction set.",
     "tune": "Auto-tune the callbacks (Optuna), then run the best.",
+    "report": "Print a run's summary table and draw its report.png.",
 }
 
 
@@ -49,7 +51,7 @@ def _top_level_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-prune",
         description="Structured and unstructured pruning as PyTorch Lightning callbacks: LightningCLI's "
-                    "subcommands with this library's models, data modules and callbacks, plus `tune`.",
+                    "subcommands with this library's models, data modules and callbacks, plus `tune` and `report`.",
         epilog="Run `lightning-prune <subcommand> --help` for a subcommand's options, e.g. "
                "`lightning-prune fit --help`. Example: lightning-prune fit --config configs/quickstart.yaml",
     )
@@ -83,7 +85,7 @@ def _error_text(error: PruningConfigError) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-prune`` console script (``tune``, or LightningCLI's subcommands).
+    """Entry point of the ``lightning-prune`` console script (``tune``, ``report``, or LightningCLI's subcommands).
 
     Without arguments, or with ``-h``/``--help`` first, it lists the subcommands (without importing
     torch). A :class:`~lightning_prune.errors.PruningConfigError` (a bad value in the config or on the
@@ -110,6 +112,10 @@ def main(args: list[str] | None = None) -> None:
             from lightning_prune.tuning.command import tune_command
 
             tune_command(argv[1:])
+        elif argv[0] == "report":
+            from lightning_prune.report_command import report_command
+
+            report_command(argv[1:])
         else:
             from lightning_prune.lightning_cli import make_cli
 

@@ -122,7 +122,7 @@ class PruningReport:
     Example:
         >>> report = PruningReport(params_before=10, macs_before=20, metric_before=0.9)
         >>> sorted(report.to_dict())
-        ['extra', 'steps', 'totals']
+        ['extra', 'monitor', 'steps', 'totals']
     """
 
     params_before: int = 0
@@ -141,6 +141,8 @@ class PruningReport:
     stop_reason: str | None = None
     #: Steps the plan has (``None`` for an open-ended plan such as AAP's rounds).
     steps_planned: int | None = None
+    #: The metric the controller measures (``metric_before``, ``metric_after`` and the steps' values).
+    monitor: str | None = None
 
     def totals(self) -> dict[str, Any]:
         """The ``totals`` section."""
@@ -165,7 +167,8 @@ class PruningReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary: ``steps``, ``totals`` and any extra sections."""
-        return {"steps": [asdict(s) for s in self.steps], "totals": self.totals(), "extra": dict(self.extra)}
+        return {"monitor": self.monitor, "steps": [asdict(s) for s in self.steps], "totals": self.totals(),
+                "extra": dict(self.extra)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningReport:
@@ -184,6 +187,7 @@ class PruningReport:
             completed=bool(totals.get("completed", False)),
             stop_reason=totals.get("stop_reason"),
             steps_planned=totals.get("steps_planned"),
+            monitor=data.get("monitor"),
         )
 
     def write(self, path: str | Path) -> Path:

@@ -99,3 +99,25 @@ def gradual_summary(report: GradualReport, sparse_file: str) -> list[str]:
         lines.append(f"[lightning_prune] {sparse_file} {report.size['bytes']:,} bytes vs dense "
                      f"{report.size['dense_bytes']:,} ({report.size['ratio']:.2f}x smaller)")
     return lines
+
+
+def gradual_table(report: GradualReport) -> str:
+    """One row per validated epoch of a gradual run: phase, target and measured sparsity, the metric.
+
+    Example:
+        >>> report = GradualReport(target_sparsity=0.5, scope="global", schedule=[0.5], monitor="val_acc",
+        ...                        history=[{"epoch": 0, "phase": "prune", "target_sparsity": 0.5,
+        ...                                  "sparsity": 0.5, "metric": 0.9}])
+        >>> "0.5000" in gradual_table(report)
+        True
+    """
+    table = Table(title="lightning_prune gradual pruning")
+    for column in ("epoch", "phase", "target sparsity", "sparsity", report.monitor):
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for entry in report.history:
+        best = " (best)" if entry["epoch"] == report.best_epoch else ""
+        table.add_row(str(entry["epoch"]), entry["phase"], _fmt(entry["target_sparsity"]), _fmt(entry["sparsity"]),
+                      _fmt(entry.get("metric")) + best)
+    buffer = io.StringIO()
+    Console(file=buffer, width=140, force_terminal=False, color_system=None).print(table)
+    return buffer.getvalue()

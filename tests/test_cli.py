@@ -100,9 +100,9 @@ def test_help_lists_every_subcommand_with_a_one_line_description(
         assert re.search(rf"^ +{name} +{re.escape(description)}$", out, re.MULTILINE), (name, out)
 
 
-def test_help_lists_lightning_clis_subcommands_and_tune() -> None:
-    """The hard-coded list (help must not import Lightning to ask) is LightningCLI's, plus tune."""
-    assert list(SUBCOMMANDS) == [*cli.PruneCLI.subcommands(), "tune"]
+def test_help_lists_lightning_clis_subcommands_tune_and_report() -> None:
+    """The hard-coded list (help must not import Lightning to ask) is LightningCLI's, plus tune and report."""
+    assert list(SUBCOMMANDS) == [*cli.PruneCLI.subcommands(), "tune", "report"]
 
 
 def test_help_and_package_import_load_neither_torch_nor_lightning(tmp_path: Path) -> None:

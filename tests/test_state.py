@@ -31,7 +31,7 @@ def _report() -> PruningReport:
                         seconds_finetune=4.0)]
     return PruningReport(params_before=100, macs_before=1000, metric_before=0.9, params_after=60, macs_after=600,
                          metric_after=0.85, seconds_total=6.0, steps=steps, extra={"plan": {"layers": ["a", "b"]}},
-                         completed=False, stop_reason="max_steps=8 reached", steps_planned=3)
+                         completed=False, stop_reason="max_steps=8 reached", steps_planned=3, monitor="val_acc")
 
 
 def test_totals_sum_the_steps_and_say_how_far_the_plan_got() -> None:
@@ -46,7 +46,7 @@ def test_pruning_report_round_trips_through_its_file(tmp_path: Path) -> None:
     report = _report()
     path = report.write(tmp_path / "nested" / "report.json")
     data = json.loads(path.read_text())
-    assert sorted(data) == ["extra", "steps", "totals"]
+    assert sorted(data) == ["extra", "monitor", "steps", "totals"] and data["monitor"] == "val_acc"
     again = PruningReport.from_dict(data)
     assert again == report and again.to_dict() == report.to_dict()
 

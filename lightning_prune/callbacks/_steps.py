@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_prune import _lightning, artifacts
+from lightning_prune import _lightning, artifacts, plots
 from lightning_prune._logging import info
 from lightning_prune.callbacks.base import (
     PruningController,
@@ -302,7 +302,7 @@ class StepExecution(PruningController):
         self._clock_start = time.perf_counter()
         self.report.params_before = structure.count_params(pl_module)
         self.report.macs_before = structure.count_macs(pl_module, self.example_input(trainer, pl_module))
-        self.report.metric_before = self.measure(trainer)
+        self.report.metric_before, self.report.monitor = self.measure(trainer), self.monitor
         info(f"[lightning_prune] {self.monitor} before pruning: {self.report.metric_before:.4f}")
         self._dispatch("on_pruning_start", trainer, pl_module)
 
@@ -357,5 +357,6 @@ class StepExecution(PruningController):
         name = PRUNED_MODEL if self.report.completed else PRUNED_MODEL_INCOMPLETE
         self.report.write(out / "report.json")
         artifacts.save_pruned(out / name, pl_module, self.history, self._example, completed=self.report.completed)
+        plotted = plots.write_plot(self.report.to_dict(), out / "report.png")
         info(summary_table(self.report, self.monitor))
-        info(f"[lightning_prune] wrote {out / 'report.json'} and {out / name}")
+        info(f"[lightning_prune] wrote {out / 'report.json'}{', report.png' if plotted else ''} and {out / name}")

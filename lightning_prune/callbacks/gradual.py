@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_prune import _lightning, evaluation
+from lightning_prune import _lightning, evaluation, plots
 from lightning_prune._logging import info
 from lightning_prune.callbacks import _gradual_checks as checks
 from lightning_prune.callbacks.base import PruningController, check_resume_hparams
@@ -335,9 +335,10 @@ class GradualMagnitudePruning(PruningController):
         if self.save_sparse_model:
             self.report.size = save_sparse(pl_module, out / name, completed=self.report.completed)
         self.report.write(out / "report.json")
+        plotted = plots.write_plot(self.report.to_dict(), out / "report.png")
         for line in gradual_summary(self.report, name):
             info(line)
-        info(f"[lightning_prune] wrote {out / 'report.json'}")
+        info(f"[lightning_prune] wrote {out / 'report.json'}{' and report.png' if plotted else ''}")
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
